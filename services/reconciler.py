@@ -1,4 +1,4 @@
-"""Re-enqueue what the queue lost: jobs never enqueued, stale leases, lost messages, due webhooks."""
+"""Re-enqueue what the queue lost: never-enqueued jobs, stale leases, lost messages, webhooks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import threading
 from datetime import timedelta
 
+from celery import Celery
 from sqlalchemy import and_, or_, select, update
 
 from shared.config import Settings, get_settings
@@ -19,13 +20,15 @@ from shared.telemetry import RECONCILER_ACTIONS, configure_logging
 log = logging.getLogger(__name__)
 
 
-def reconcile_once(settings: Settings) -> dict[str, int]:
+def reconcile_once(settings: Settings, celery: Celery = celery_app) -> dict[str, int]:
     """One sweep; returns how many items each rule re-enqueued."""
-    jobs = JobService(settings, celery_app)
+    jobs = JobService(settings, celery)
     now = utcnow()
     grace = now - timedelta(seconds=settings.enqueue_grace_s)
     stale = now - timedelta(seconds=settings.heartbeat_stale_s)
-    lost = now - timedelta(seconds=max(2 * settings.visibility_timeout_s, settings.heartbeat_stale_s))
+    lost = now - timedelta(
+        seconds=max(2 * settings.visibility_timeout_s, settings.heartbeat_stale_s)
+    )
     counts = {"never_enqueued": 0, "stale_heartbeat": 0, "lost_message": 0, "webhook_due": 0}
     with session_scope(settings.database_url) as s:
         rows = s.execute(
@@ -39,8 +42,13 @@ def reconcile_once(settings: Settings) -> dict[str, int]:
             )
         ).all()
     for job_id, step, owner, enqueued_at in rows:
-        reason = ("never_enqueued" if enqueued_at is None and owner is None
-                  else "stale_heartbeat" if owner is not None else "lost_message")
+        reason = (
+            "never_enqueued"
+            if enqueued_at is None and owner is None
+            else "stale_heartbeat"
+            if owner is not None
+            else "lost_message"
+        )
         with session_scope(settings.database_url) as s:
             # Conditional, so two reconcilers (or a worker that came back) never both act.
             cond = [Job.id == job_id, Job.segment == step, Job.status.not_in(TERMINAL)]
@@ -57,14 +65,18 @@ def reconcile_once(settings: Settings) -> dict[str, int]:
         due = s.scalars(
             select(WebhookDelivery.id).where(
                 or_(
-                    and_(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now),
-                    and_(WebhookDelivery.status == "sending",
-                         WebhookDelivery.claimed_at < now - timedelta(seconds=120)),
+                    and_(
+                        WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now
+                    ),
+                    and_(
+                        WebhookDelivery.status == "sending",
+                        WebhookDelivery.claimed_at < now - timedelta(seconds=120),
+                    ),
                 )
             )
         ).all()
     for delivery_id in due:
-        celery_app.send_task("talkinghead.webhook", args=[delivery_id])
+        celery.send_task("talkinghead.webhook", args=[delivery_id])
         counts["webhook_due"] += 1
         RECONCILER_ACTIONS.labels("webhook_due").inc()
     return counts

@@ -95,8 +95,11 @@ class JobContext:
     def resource(self) -> Avatar | Render:
         """The avatar or render this job works for."""
         with session_scope(self.settings.database_url) as s:
-            model = Avatar if self.job.kind == "avatar" else Render
-            row = s.get(model, self.job.resource_id)
+            row: Avatar | Render | None = (
+                s.get(Avatar, self.job.resource_id)
+                if self.job.kind == "avatar"
+                else s.get(Render, self.job.resource_id)
+            )
             if row is None or row.deleted_at is not None:
                 raise JobGone(self.job.id)
             s.expunge(row)
@@ -114,8 +117,14 @@ class JobContext:
                 s.expunge(row)
             return row
 
-    def save_artifact(self, kind: str, key: str, path: Path, info: dict[str, Any] | None = None,
-                      content_type: str | None = None) -> Artifact:
+    def save_artifact(
+        self,
+        kind: str,
+        key: str,
+        path: Path,
+        info: dict[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> Artifact:
         """Store a file and record it; re-running the step replaces, never duplicates."""
         self.check()
         size = self.store.put_file(key, path, content_type=content_type)
@@ -130,8 +139,14 @@ class JobContext:
                 )
             )
             if row is None:
-                row = Artifact(tenant_id=self.job.tenant_id, resource_id=self.job.resource_id,
-                               kind=kind, key=key, size=size, sha256="")
+                row = Artifact(
+                    tenant_id=self.job.tenant_id,
+                    resource_id=self.job.resource_id,
+                    kind=kind,
+                    key=key,
+                    size=size,
+                    sha256="",
+                )
                 s.add(row)
             row.key, row.size, row.sha256, row.info = key, size, digest.hexdigest(), info or {}
             s.flush()
@@ -147,8 +162,14 @@ def worker_owner(task: Task) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{task.request.id}"
 
 
-def run_step(body: StepBody, task_name: str, job_id: str, step: int, owner: str,
-             settings: Settings | None = None) -> str:
+def run_step(
+    body: StepBody,
+    task_name: str,
+    job_id: str,
+    step: int,
+    owner: str,
+    settings: Settings | None = None,
+) -> str:
     """Claim the job at `step`, run `body`, and record the outcome; returns the outcome."""
     settings = settings or get_settings()
     jobs = JobService(settings, celery_app)
@@ -172,8 +193,13 @@ def run_step(body: StepBody, task_name: str, job_id: str, step: int, owner: str,
         except Exception as exc:
             log.exception("step crashed")
             if job.attempts >= settings.max_attempts:
-                jobs.finish(job_id, "failed", owner=owner, step=step,
-                            error=("internal_error", f"{type(exc).__name__}: {exc}"))
+                jobs.finish(
+                    job_id,
+                    "failed",
+                    owner=owner,
+                    step=step,
+                    error=("internal_error", f"{type(exc).__name__}: {exc}"),
+                )
                 outcome = "failed"
             else:
                 # Give the lease back and run the step again from its last checkpoint.
@@ -195,6 +221,6 @@ def stage_task(name: str) -> Callable[[StepBody], Task]:
             return run_step(body, name, job_id, step, worker_owner(self))
 
         task.__doc__ = body.__doc__
-        return task  # type: ignore[no-any-return]
+        return task
 
     return register

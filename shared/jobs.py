@@ -112,7 +112,7 @@ class JobService:
 
     # -- leases -----------------------------------------------------------------------
     def claim(self, job_id: str, step: int, owner: str) -> Job | None:
-        """Take the lease of `job_id` at `step`; None when stale, terminal or held by a live worker."""
+        """Lease `job_id` at `step`; None if stale, terminal or held by a live worker."""
         now = utcnow()
         stale = now - timedelta(seconds=self.settings.heartbeat_stale_s)
         with session_scope(self.db_url) as s:
@@ -146,19 +146,25 @@ class JobService:
             s.refresh(job)
             s.expunge(job)
         if job.attempts > self.settings.max_attempts:
-            self.finish(job_id, JobStatus.failed.value, owner=owner,
-                        error=("too_many_attempts", f"gave up after {job.attempts - 1} attempts"))
+            self.finish(
+                job_id,
+                JobStatus.failed.value,
+                owner=owner,
+                error=("too_many_attempts", f"gave up after {job.attempts - 1} attempts"),
+            )
             return None
         return job
 
-    def heartbeat(self, job_id: str, owner: str, progress: float | None = None,
-                  stage: str | None = None) -> None:
+    def heartbeat(
+        self, job_id: str, owner: str, progress: float | None = None, stage: str | None = None
+    ) -> None:
         """Prove the lease holder is alive; raises JobGone if it lost the job."""
         now = utcnow()
         values: dict[str, Any] = {"heartbeat_at": now}
         if progress is not None:
-            values.update(progress=max(0.0, min(1.0, progress)), updated_at=now,
-                          version=Job.version + 1)
+            values.update(
+                progress=max(0.0, min(1.0, progress)), updated_at=now, version=Job.version + 1
+            )
         if stage is not None:
             values.update(stage=stage, updated_at=now, version=Job.version + 1)
         with session_scope(self.db_url) as s:
@@ -185,8 +191,14 @@ class JobService:
         now = utcnow()
         new_status = job.status if result.again else next_status(job.kind, job.status)
         if new_status in TERMINAL:
-            return self.finish(job.id, new_status, owner=owner, step=job.segment,
-                               state=result.state, metrics=result.metrics)
+            return self.finish(
+                job.id,
+                new_status,
+                owner=owner,
+                step=job.segment,
+                state=result.state,
+                metrics=result.metrics,
+            )
         values: dict[str, Any] = {
             "status": new_status,
             "stage": new_status,
@@ -203,8 +215,12 @@ class JobService:
         with session_scope(self.db_url) as s:
             res = s.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.segment == job.segment, Job.lease_owner == owner,
-                       Job.status.not_in(TERMINAL))
+                .where(
+                    Job.id == job.id,
+                    Job.segment == job.segment,
+                    Job.lease_owner == owner,
+                    Job.status.not_in(TERMINAL),
+                )
                 .values(**values)
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
@@ -217,10 +233,17 @@ class JobService:
         self.dispatch(job.id)
         return True
 
-    def finish(self, job_id: str, status: str, *, owner: str | None = None,
-               step: int | None = None, error: tuple[str, str] | None = None,
-               state: dict[str, Any] | None = None,
-               metrics: dict[str, Any] | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        owner: str | None = None,
+        step: int | None = None,
+        error: tuple[str, str] | None = None,
+        state: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> bool:
         """Move a job to a terminal state exactly once, recording its webhook in the same commit."""
         now = utcnow()
         with session_scope(self.db_url) as s:
@@ -264,8 +287,9 @@ class JobService:
 
     def cancel(self, job_id: str) -> bool:
         """Cancel unfinished work; the running task notices at its next heartbeat."""
-        return self.finish(job_id, JobStatus.cancelled.value,
-                           error=("cancelled", "cancelled by the caller"))
+        return self.finish(
+            job_id, JobStatus.cancelled.value, error=("cancelled", "cancelled by the caller")
+        )
 
     # -- helpers ----------------------------------------------------------------------
     def _store_metrics(self, s: Session, job: Job, metrics: dict[str, Any]) -> None:
@@ -280,7 +304,9 @@ class JobService:
 
     def _record_webhook(self, s: Session, job: Job) -> str | None:
         resource: Avatar | Render | None = (
-            s.get(Avatar, job.resource_id) if job.kind == "avatar" else s.get(Render, job.resource_id)
+            s.get(Avatar, job.resource_id)
+            if job.kind == "avatar"
+            else s.get(Render, job.resource_id)
         )
         if resource is None or not resource.callback_url:
             return None
@@ -293,7 +319,8 @@ class JobService:
         if exists:
             return None
         view = (
-            avatar_view(resource, job) if isinstance(resource, Avatar)
+            avatar_view(resource, job)
+            if isinstance(resource, Avatar)
             else render_view(resource, job, self.settings.public_base_url)
         )
         tenant = s.get(Tenant, job.tenant_id)

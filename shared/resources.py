@@ -20,7 +20,7 @@ def avatar_view(avatar: Avatar, job: Job) -> schemas.Avatar:
         name=avatar.name,
         renderer=avatar.renderer,
         preset=avatar.preset,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         stage=job.stage,
         progress=job.progress,
         error=job_error(job),
@@ -40,7 +40,7 @@ def render_view(render: Render, job: Job, base_url: str) -> schemas.Render:
     return schemas.Render(
         id=render.id,
         avatar_id=render.avatar_id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         stage=job.stage,
         progress=job.progress,
         error=job_error(job),

@@ -24,7 +24,9 @@ from prometheus_client import (
 # One set of metric objects per process; in multi-process mode (embedded stack, prefork
 # workers) values land in PROMETHEUS_MULTIPROC_DIR and any process can serve all of them.
 HTTP_REQUESTS = Counter(
-    "th_http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"]
+    "th_http_requests_total",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
     "th_http_request_duration_seconds",
@@ -35,7 +37,9 @@ HTTP_LATENCY = Histogram(
 JOB_TRANSITIONS = Counter(
     "th_job_transitions_total", "Job state changes by kind and new state", ["kind", "state"]
 )
-JOB_FAILURES = Counter("th_job_failures_total", "Failed jobs by kind and error code", ["kind", "code"])
+JOB_FAILURES = Counter(
+    "th_job_failures_total", "Failed jobs by kind and error code", ["kind", "code"]
+)
 TASK_DURATION = Histogram(
     "th_task_duration_seconds",
     "Celery task run time by task and outcome",
@@ -58,9 +62,14 @@ RECONCILER_ACTIONS = Counter(
 JOBS_BY_STATE = Gauge(
     "th_jobs", "Jobs by kind and state", ["kind", "state"], multiprocess_mode="livemax"
 )
-QUEUE_DEPTH = Gauge("th_queue_depth", "Messages waiting per Celery queue", ["queue"], multiprocess_mode="livemax")
+QUEUE_DEPTH = Gauge(
+    "th_queue_depth", "Messages waiting per Celery queue", ["queue"], multiprocess_mode="livemax"
+)
 OLDEST_QUEUED_AGE = Gauge(
-    "th_oldest_queued_job_age_seconds", "Age of the oldest queued job by kind", ["kind"], multiprocess_mode="livemax"
+    "th_oldest_queued_job_age_seconds",
+    "Age of the oldest queued job by kind",
+    ["kind"],
+    multiprocess_mode="livemax",
 )
 
 
@@ -84,7 +93,9 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
 
@@ -114,7 +125,9 @@ def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
     """Route all logging to stderr, as JSON lines or plain text."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        JsonFormatter()
+        if json_logs
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -138,7 +151,16 @@ class Timer:
 def iter_metric_names() -> Iterator[str]:
     """Names of the metrics defined here (for docs and dashboards)."""
     for metric in (
-        HTTP_REQUESTS, HTTP_LATENCY, JOB_TRANSITIONS, JOB_FAILURES, TASK_DURATION, STAGE_DURATION,
-        WEBHOOK_DELIVERIES, RECONCILER_ACTIONS, JOBS_BY_STATE, QUEUE_DEPTH, OLDEST_QUEUED_AGE,
+        HTTP_REQUESTS,
+        HTTP_LATENCY,
+        JOB_TRANSITIONS,
+        JOB_FAILURES,
+        TASK_DURATION,
+        STAGE_DURATION,
+        WEBHOOK_DELIVERIES,
+        RECONCILER_ACTIONS,
+        JOBS_BY_STATE,
+        QUEUE_DEPTH,
+        OLDEST_QUEUED_AGE,
     ):
         yield metric._name

@@ -1,4 +1,4 @@
-"""Media I/O: probe, decode frames, encode video; ffmpeg from the system or the imageio-ffmpeg wheel."""
+"""Media I/O: probe, decode frames, encode video with ffmpeg (system or imageio-ffmpeg wheel)."""
 
 from __future__ import annotations
 
@@ -79,26 +79,38 @@ def probe(path: Path) -> MediaInfo:
                 vs = container.streams.video[0]
                 rate = vs.average_rate or vs.guessed_rate or Fraction(0)
                 fps = float(rate) if rate else 0.0
-                stream_dur = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else 0.0
+                stream_dur = (
+                    float(vs.duration * vs.time_base) if vs.duration and vs.time_base else 0.0
+                )
                 duration = duration or stream_dur
                 frames = int(vs.frames) or round(duration * fps)
                 rotation = 0
                 side = getattr(vs, "side_data", None)
                 if side is not None and hasattr(side, "get"):
                     rotation = int(side.get("DISPLAYMATRIX", 0) or 0)
-                video = VideoInfo(vs.codec_context.name, vs.codec_context.width,
-                                  vs.codec_context.height, fps, frames, rotation)
+                video = VideoInfo(
+                    vs.codec_context.name,
+                    vs.codec_context.width,
+                    vs.codec_context.height,
+                    fps,
+                    frames,
+                    rotation,
+                )
             if container.streams.audio:
                 aus = container.streams.audio[0]
-                audio = AudioInfo(aus.codec_context.name, int(aus.codec_context.sample_rate or 0),
-                                  int(aus.codec_context.channels or 0))
+                audio = AudioInfo(
+                    aus.codec_context.name,
+                    int(aus.codec_context.sample_rate or 0),
+                    int(aus.codec_context.channels or 0),
+                )
             return MediaInfo(container.format.name, duration, video, audio)
     except av.FFmpegError as exc:
         raise MediaError("unreadable_media", f"cannot read the file: {exc}") from exc
 
 
-def iter_frames(path: Path, max_side: int, start: int = 0, count: int | None = None
-                ) -> Iterator[np.ndarray]:
+def iter_frames(
+    path: Path, max_side: int, start: int = 0, count: int | None = None
+) -> Iterator[np.ndarray]:
     """Decode RGB frames [start, start+count) scaled so the longer side is at most `max_side`."""
     import av
 
@@ -129,16 +141,46 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
             out.mux(packet)
 
 
-def encode_still_with_audio(image: Path, audio: Path, out: Path, fps: int = 25,
-                            metadata: dict[str, str] | None = None) -> None:
+def encode_still_with_audio(
+    image: Path, audio: Path, out: Path, fps: int = 25, metadata: dict[str, str] | None = None
+) -> None:
     """Encode one image held for the audio's duration: H.264 yuv420p + AAC mp4."""
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-loop", "1", "-framerate", str(fps), "-i", str(image), "-i", str(audio),
-        "-map", "0:v:0", "-map", "1:a:0",
-        "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2,format=yuv420p",
-        "-c:v", "libx264", "-preset", "veryfast", "-tune", "stillimage", "-r", str(fps),
-        "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
+        ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-loop",
+        "1",
+        "-framerate",
+        str(fps),
+        "-i",
+        str(image),
+        "-i",
+        str(audio),
+        "-map",
+        "0:v:0",
+        "-map",
+        "1:a:0",
+        "-vf",
+        "scale=trunc(iw/2)*2:trunc(ih/2)*2,format=yuv420p",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "stillimage",
+        "-r",
+        str(fps),
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-shortest",
+        "-movflags",
+        "+faststart",
     ]
     for key, value in (metadata or {}).items():
         cmd += ["-metadata", f"{key}={value}"]

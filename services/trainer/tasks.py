@@ -35,8 +35,11 @@ def train(ctx: JobContext) -> StepResult:
     ctx.store.put_file(key, ckpt)
     total = max(int(ctx.job.state.get("frames", state.count)), state.count)
     progress = TRAIN_START + (TRAIN_END - TRAIN_START) * min(1.0, state.count / total)
-    return StepResult(state={"frames_done": state.count, "checkpoint": key}, progress=progress,
-                      again=added == ctx.settings.segment_frames)
+    return StepResult(
+        state={"frames_done": state.count, "checkpoint": key},
+        progress=progress,
+        again=added == ctx.settings.segment_frames,
+    )
 
 
 @stage_task("talkinghead.export")
@@ -48,8 +51,13 @@ def export(ctx: JobContext) -> StepResult:
     out = ctx.workdir / "still.png"
     write_png(out, image)
     key = tenant_key(ctx.job.tenant_id, "avatars", avatar.id, "export", "still.png")
-    ctx.save_artifact("renderer", key, out, info={"family": "still", "frames": state.count},
-                      content_type="image/png")
+    ctx.save_artifact(
+        "renderer",
+        key,
+        out,
+        info={"family": "still", "frames": state.count},
+        content_type="image/png",
+    )
     source = ctx.fetch(avatar.source_key, "source")  # type: ignore[union-attr]
     first = next(iter_frames(source, MAX_SIDE, count=1))
     metrics = {"frames": state.count, "psnr_first_frame_db": round(psnr(image, first), 3)}

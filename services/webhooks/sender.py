@@ -40,14 +40,18 @@ def _claim(settings: Settings, delivery_id: str) -> bool:
             .where(
                 WebhookDelivery.id == delivery_id,
                 or_(
-                    and_(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now),
-                    and_(WebhookDelivery.status == "sending",
-                         WebhookDelivery.claimed_at < now - timedelta(seconds=SENDING_STALE_S)),
+                    and_(
+                        WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now
+                    ),
+                    and_(
+                        WebhookDelivery.status == "sending",
+                        WebhookDelivery.claimed_at < now - timedelta(seconds=SENDING_STALE_S),
+                    ),
                 ),
             )
             .values(status="sending", claimed_at=now)
         )
-        return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+        return res.rowcount == 1  # type: ignore[attr-defined]
 
 
 def deliver(settings: Settings, delivery_id: str) -> str:
@@ -99,8 +103,11 @@ def deliver(settings: Settings, delivery_id: str) -> str:
             delivery.status, outcome = "failed", "failed"
         else:
             delay = settings.webhook_backoff_s * 2 ** (attempt - 1)
-            delivery.status, delivery.next_attempt_at, outcome = "pending", now + timedelta(
-                seconds=delay), "retry"
+            delivery.status, delivery.next_attempt_at, outcome = (
+                "pending",
+                now + timedelta(seconds=delay),
+                "retry",
+            )
     WEBHOOK_DELIVERIES.labels(outcome).inc()
     log.info("webhook %s", outcome, extra={"fields": {"delivery_id": delivery_id, "code": code}})
     return outcome

@@ -74,7 +74,9 @@ class JobStatus(str, enum.Enum):
     cancelled = "cancelled"
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.ready, JobStatus.done, JobStatus.failed, JobStatus.cancelled})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.ready, JobStatus.done, JobStatus.failed, JobStatus.cancelled}
+)
 
 
 class Base(DeclarativeBase):
