@@ -178,13 +178,15 @@ def multipart_avatar(video: bytes, boundary: str) -> bytes:
 def main() -> None:
     """Start an API with its real dependencies, run the ladders, print and save the results."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rates", default="50,100,200,300,400,500,600,800,1000")
+    ap.add_argument("--rates", default="100,200,250,300,350,400,500,600,800,1000,1200,1600")
+    ap.add_argument("--post-rates", default="10,20,30,40,50,60,80,100,150,200")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per rate")
     ap.add_argument("--p99-ms", type=float, default=50.0)
     ap.add_argument("--api-workers", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
+    post_rates = [float(r) for r in args.post_rates.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="th-bench-") as tmp, redis_server() as redis_url:
         root = Path(tmp)
@@ -290,7 +292,7 @@ def main() -> None:
                     port,
                     post_avatar,
                     202,
-                    rates,
+                    post_rates,
                     args.duration,
                     args.p99_ms,
                 ),
@@ -304,7 +306,7 @@ def main() -> None:
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}"
     )
-    print("| route | highest rate with p99 <= %.0f ms, 0 errors | vs baseline |" % args.p99_ms)
+    print(f"| route | highest rate with p99 <= {args.p99_ms:.0f} ms, 0 errors | vs baseline |")
     print("|---|---|---|")
     for route, steps in results.items():
         rate = best(steps, args.p99_ms)

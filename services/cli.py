@@ -359,6 +359,7 @@ def up(
         except EmbeddedStackError as exc:
             _fail("stack_failed", str(exc))
         typer.echo(f"API ready at {stack.base_url}  (logs in {stack.logs_dir})")
+        _pidfile(stack.data_dir).write_text(str(os.getpid()))
         if tenant:
             tenant_id, key = _tenant_key(stack.settings, tenant)
             typer.echo(f"tenant {tenant} ({tenant_id}); API key: {key}")
@@ -383,9 +384,41 @@ def up(
         try:
             stack.stop()
         finally:
+            _pidfile(stack.data_dir).unlink(missing_ok=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     err_console.print("stopped")
+
+
+def _pidfile(data_dir: Path) -> Path:
+    return Path(data_dir).resolve() / "up.pid"
+
+
+@app.command()
+def down(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="State directory [TH_DATA_DIR].", show_default=False)
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 30.0,
+) -> None:
+    """Stop a stack started by `talkinghead up` with the same data directory."""
+    pidfile = _pidfile(data_dir or _settings().data_dir)
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pidfile.unlink(missing_ok=True)
+        typer.echo("no running stack")
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            typer.echo("stopped")
+            return
+        time.sleep(0.2)
+    _fail("stop_timeout", f"process {pid} still running after {timeout:.0f} s")
 
 
 def _tenant_key(settings: Settings, name: str) -> tuple[str, str]:

@@ -188,3 +188,39 @@ def encode_still_with_audio(
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise MediaError("encode_failed", proc.stderr.strip()[-500:] or "ffmpeg failed")
+
+
+def _run_ffmpeg(args: list[str]) -> None:
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise MediaError("encode_failed", proc.stderr.strip()[-500:] or "ffmpeg failed")
+
+
+def synth_test_video(out: Path, seconds: float = 2.0, size: int = 96, audio: bool = True) -> Path:
+    """A small H.264/AAC mp4 from ffmpeg's test pattern and a tone (no downloads)."""
+    args = ["-f", "lavfi", "-i", f"testsrc=size={size}x{size}:rate=25:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"]
+    _run_ffmpeg([*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", str(out)])
+    return out
+
+
+def synth_tone(out: Path, seconds: float = 1.0, frequency: int = 220) -> Path:
+    """A 16 kHz sine tone as WAV."""
+    _run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency={frequency}:duration={seconds}",
+            "-ar",
+            "16000",
+            str(out),
+        ]
+    )
+    return out

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from talkinghead.media import ffmpeg_exe
+from talkinghead.media import synth_test_video, synth_tone
 from tests.fixtures.servers import postgres_database, redis_server
 
 pytest_plugins = ["tests.fixtures.seaweed"]
@@ -30,44 +29,12 @@ def postgres_url() -> Iterator[str]:
 
 def make_video(path: Path, seconds: float = 2.0, size: int = 96, audio: bool = True) -> Path:
     """A small H.264/AAC mp4 made with ffmpeg's test sources."""
-    cmd = [
-        ffmpeg_exe(),
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc=size={size}x{size}:rate=25:duration={seconds}",
-    ]
-    if audio:
-        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"]
-    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", str(path)]
-    subprocess.run(cmd, check=True)
-    return path
+    return synth_test_video(path, seconds, size, audio)
 
 
 def make_audio(path: Path, seconds: float = 1.0) -> Path:
     """A short sine tone as WAV."""
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=220:duration={seconds}",
-            "-ar",
-            "16000",
-            str(path),
-        ],
-        check=True,
-    )
-    return path
+    return synth_tone(path, seconds)
 
 
 @pytest.fixture(scope="session")
