@@ -153,3 +153,24 @@ def test_tenant_builds_renders_and_deletes_an_avatar(
     ]
     assert leftovers == []
     assert created["id"] not in {a["id"] for a in client.list_avatars()}
+
+
+def test_metrics_cover_http_jobs_queues_tasks_and_webhooks(stack: EmbeddedStack) -> None:
+    """Runs after the flow above: every metric family of the platform has samples."""
+    text = httpx.get(f"{stack.base_url}/metrics").text
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    def has(prefix: str, *labels: str) -> bool:
+        return any(s.startswith(prefix) and all(lb in s for lb in labels) for s in samples)
+
+    assert has("th_http_requests_total", 'route="/v1/avatars/{avatar_id}"', 'status="200"')
+    assert has("th_http_request_duration_seconds_bucket", 'route="/v1/avatars"')
+    assert has("th_jobs", 'kind="avatar"', 'state="ready"')
+    assert has("th_queue_depth", 'queue="train"')
+    assert has("th_oldest_queued_job_age_seconds", 'kind="render"')
+    # Written by the worker processes, served by the API through the shared multiprocess dir.
+    assert has("th_task_duration_seconds_count", 'task="talkinghead.train_segment"', 'outcome="ok"')
+    assert has("th_stage_duration_seconds_count", 'kind="avatar"', 'stage="training"')
+    assert has("th_job_transitions_total", 'kind="render"', 'state="done"')
+    assert has("th_webhook_deliveries_total", 'outcome="delivered"')
+    assert not has("th_http_requests_total", 'route="/v1/avatars/av_')  # templates, not ids
