@@ -57,6 +57,10 @@ def configure_celery(settings: Settings, app: Celery = celery_app) -> Celery:
         task_send_sent_event=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
+    # Celery caches the connection and producer pools of the first broker it used; drop
+    # them so a reconfigured app publishes to the new URL (kombu keeps pools per connection).
+    app._pool = None
+    app.amqp._producer_pool = None
     return app
 
 

@@ -88,7 +88,7 @@ class BackgroundSpec(StrictModel):
     """Where the avatar is composited: `source`, a `#rrggbb` colour, or an uploaded image."""
 
     kind: Literal["source", "colour", "image"] = "source"
-    colour: str | None = None
+    colour: str | None = Field(None, pattern=_COLOUR.pattern)
     upload_id: str | None = None
 
     @field_validator("colour")

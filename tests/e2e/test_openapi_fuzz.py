@@ -72,6 +72,7 @@ def test_schemathesis_finds_no_server_errors(stack: EmbeddedStack, tmp_path: Pat
         text=True,
         timeout=900,
         env={**os.environ, "NO_COLOR": "1"},
+        cwd=tmp_path,  # schemathesis keeps a cache dir in its working directory
     )
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
