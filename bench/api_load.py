@@ -73,32 +73,42 @@ async def open_loop(
     duration: float,
     ok_status: int,
     timeout: float = 5.0,
-) -> tuple[list[float], int]:
+) -> tuple[list[float], dict[str, int]]:
     """Send `rate` req/s for `duration` s over keep-alive connections; returns latencies, errors."""
     loop = asyncio.get_running_loop()
     total = int(rate * duration)
     start = loop.time() + 0.2
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
-    errors = 0
+    errors: dict[str, int] = {}
+
+    async def send(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], i: int) -> int:
+        reader, writer = conn
+        writer.write(make_request(i))
+        return await asyncio.wait_for(_read_response(reader), timeout)
 
     async def one(i: int) -> None:
-        nonlocal errors
         scheduled = start + i / rate
         await asyncio.sleep(max(0.0, scheduled - loop.time()))
         conn = idle.pop() if idle else None
         try:
+            if conn is not None:
+                try:
+                    status = await send(conn, i)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    # The server closed this keep-alive connection while it sat idle: retry
+                    # once on a new one, as every HTTP client does.
+                    conn[1].close()
+                    conn = None
             if conn is None:
                 conn = await asyncio.open_connection(host, port)
-            reader, writer = conn
-            writer.write(make_request(i))
-            status = await asyncio.wait_for(_read_response(reader), timeout)
+                status = await send(conn, i)
             latencies.append(loop.time() - scheduled)
             if status != ok_status:
-                errors += 1
+                errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
             idle.append(conn)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             if conn is not None:
                 conn[1].close()
 
@@ -135,7 +145,7 @@ def ladder(
             route,
             rate,
             int(rate * duration),
-            errors,
+            sum(errors.values()),
             round(statistics.median(ms), 2) if ms else float("inf"),
             round(percentile(ms, 99), 2),
             round(max(ms), 2) if ms else float("inf"),
@@ -143,7 +153,7 @@ def ladder(
         steps.append(step)
         print(
             f"  {route:<28} {rate:>6.0f}/s  p50 {step.p50_ms:>7.2f} ms  p99 {step.p99_ms:>8.2f} ms"
-            f"  errors {errors}",
+            f"  errors {sum(errors.values())} {errors or ''}",
             flush=True,
         )
         if not step.ok(p99_target_ms):
