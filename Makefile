@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test lint format bench up down clean
 
 $(STAMP): pyproject.toml
+	@bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"

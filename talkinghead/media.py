@@ -67,6 +67,17 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
+def _first_frame_rotation(container: Any, stream: Any) -> int:
+    """Display rotation in degrees (PyAV exposes the display matrix on decoded frames)."""
+    try:
+        frame = next(container.decode(stream), None)
+    except Exception:  # undecodable first frame: the stage that decodes will say so
+        return 0
+    rotation = round(float(getattr(frame, "rotation", 0) or 0)) if frame is not None else 0
+    container.seek(0)
+    return int(rotation)
+
+
 def probe(path: Path) -> MediaInfo:
     """Read container and stream facts; raises MediaError('unreadable_media') when it cannot."""
     import av
@@ -84,10 +95,7 @@ def probe(path: Path) -> MediaInfo:
                 )
                 duration = duration or stream_dur
                 frames = int(vs.frames) or round(duration * fps)
-                rotation = 0
-                side = getattr(vs, "side_data", None)
-                if side is not None and hasattr(side, "get"):
-                    rotation = int(side.get("DISPLAYMATRIX", 0) or 0)
+                rotation = _first_frame_rotation(container, vs)
                 video = VideoInfo(
                     vs.codec_context.name,
                     vs.codec_context.width,

@@ -1,0 +1,1 @@
+"""Portrait video to training dataset: ingest checks, tracking, pose, masks, features, manifest."""
