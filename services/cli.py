@@ -228,6 +228,39 @@ def _exit_unless(final: dict[str, Any], ok_status: str) -> None:
     _fail(code, detail)
 
 
+# -- library verbs ----------------------------------------------------------------------------
+
+
+@app.command()
+def preprocess(
+    video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Portrait video.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset directory to write.")],
+    size: Annotated[int, typer.Option(min=64, max=2048, help="Square crop side in pixels.")] = 512,
+) -> None:
+    """Turn a portrait video into a training dataset (no server needed)."""
+    from talkinghead.media import MediaError
+    from talkinghead.preprocess.pipeline import PreprocessConfig, preprocess_video
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as progress:
+        task = progress.add_task("preprocess", total=1.0)
+
+        def report(stage: str, fraction: float) -> None:
+            progress.update(task, completed=fraction, description=f"preprocess: {stage}")
+
+        try:
+            manifest = preprocess_video(video, out, PreprocessConfig(size=size), report)
+        except MediaError as exc:
+            _fail(exc.code, exc.message)
+    typer.echo(f"dataset with {manifest.num_frames} frames in {out}")
+    _print_json(json.loads((out / "manifest.json").read_text()).get("quality", {}))
+
+
 # -- platform verbs ---------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from services.client import TalkingHeadClient
 from services.embedded import EmbeddedStack
 from shared.db.session import session_scope
 from shared.tenants import create_tenant
-from talkinghead.media import probe, synth_test_video, synth_tone
+from talkinghead.media import probe, synth_face_video, synth_tone
 
 console = Console(stderr=True)
 
@@ -57,7 +57,7 @@ def main() -> int:
     video = (
         Path(os.environ["VIDEO"])
         if os.environ.get("VIDEO")
-        else synth_test_video(out_dir / "input.mp4", seconds=4.0, size=256)
+        else synth_face_video(out_dir / "input.mp4", seconds=6.0, size=512)
     )
     audio = (
         Path(os.environ["AUDIO"])

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     public_base_url: str = Field("", description="Base URL the API is reached at by clients.")
 
+    min_video_s: float = Field(4.0, gt=0, description="Shortest source video accepted.")
+    max_video_s: float = Field(600.0, gt=0, description="Longest source video accepted.")
+    min_video_side: int = Field(256, ge=16, description="Smallest shorter side in pixels.")
     max_video_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_audio_bytes: int = Field(64 * 1024 * 1024, gt=0)
     presign_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600)

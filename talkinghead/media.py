@@ -198,7 +198,8 @@ def encode_still_with_audio(
         raise MediaError("encode_failed", proc.stderr.strip()[-500:] or "ffmpeg failed")
 
 
-def _run_ffmpeg(args: list[str]) -> None:
+def run_ffmpeg(args: list[str]) -> None:
+    """Run ffmpeg quietly; raises MediaError with its stderr on failure."""
     proc = subprocess.run(
         [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
         capture_output=True,
@@ -214,13 +215,13 @@ def synth_test_video(out: Path, seconds: float = 2.0, size: int = 96, audio: boo
     args = ["-f", "lavfi", "-i", f"testsrc=size={size}x{size}:rate=25:duration={seconds}"]
     if audio:
         args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"]
-    _run_ffmpeg([*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", str(out)])
+    run_ffmpeg([*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", str(out)])
     return out
 
 
 def synth_tone(out: Path, seconds: float = 1.0, frequency: int = 220) -> Path:
     """A 16 kHz sine tone as WAV."""
-    _run_ffmpeg(
+    run_ffmpeg(
         [
             "-f",
             "lavfi",
@@ -231,4 +232,20 @@ def synth_tone(out: Path, seconds: float = 1.0, frequency: int = 220) -> Path:
             str(out),
         ]
     )
+    return out
+
+
+def synth_face_video(out: Path, seconds: float = 4.4, size: int = 256) -> Path:
+    """A real face (scikit-image's astronaut photo) gently rocking, with a tone as audio."""
+    from skimage import data
+
+    still = out.with_suffix(".png")
+    write_png(still, data.astronaut())
+    run_ffmpeg([
+        "-loop", "1", "-i", str(still), "-f", "lavfi", "-i",
+        f"sine=frequency=300:duration={seconds}",
+        "-vf", f"scale={size}:{size},rotate=0.06*sin(2*PI*t/3)", "-t", str(seconds), "-r", "25",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(out),
+    ])  # fmt: skip
+    still.unlink()
     return out

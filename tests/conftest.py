@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from talkinghead.media import synth_test_video, synth_tone
+from talkinghead.media import synth_face_video, synth_test_video, synth_tone
 from tests.fixtures.servers import postgres_database, redis_server
 
 pytest_plugins = ["tests.fixtures.seaweed"]
@@ -35,6 +35,14 @@ def make_video(path: Path, seconds: float = 2.0, size: int = 96, audio: bool = T
 def make_audio(path: Path, seconds: float = 1.0) -> Path:
     """A short sine tone as WAV."""
     return synth_tone(path, seconds)
+
+
+FACE_SECONDS = 4.4  # just over the 4 s minimum: 110 frames at 25 fps
+
+
+def make_face_video(path: Path, seconds: float = FACE_SECONDS, size: int = 256) -> Path:
+    """A real face (scikit-image's astronaut photo) gently rocking, with a tone as audio."""
+    return synth_face_video(path, seconds, size)
 
 
 @pytest.fixture(scope="session")

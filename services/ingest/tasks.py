@@ -1,29 +1,44 @@
-"""Ingest stage: probe the uploaded video and record what it holds."""
+"""Ingest stage: refuse what cannot become an avatar, normalise and store the media."""
 
 from __future__ import annotations
-
-import json
 
 from services.runner import JobContext, stage_task
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
 from talkinghead.media import MediaError, probe
+from talkinghead.preprocess.ingest import IngestLimits, check_source, normalise
 
 
 @stage_task("talkinghead.ingest")
 def ingest(ctx: JobContext) -> StepResult:
-    """Probe the source video; fail with a stable code when it cannot become an avatar."""
+    """Probe and check the source, then store 25 fps video and 16 kHz mono audio."""
     avatar = ctx.resource()
     source = ctx.fetch(avatar.source_key, "source")  # type: ignore[union-attr]
+    limits = IngestLimits(
+        ctx.settings.min_video_s, ctx.settings.max_video_s, ctx.settings.min_video_side
+    )
     try:
         info = probe(source)
+        check_source(info, limits)
+        ctx.progress(0.03)
+        video, audio = ctx.workdir / "video.mp4", ctx.workdir / "audio.wav"
+        norm = normalise(source, video, audio)
     except MediaError as exc:
         raise JobError(exc.code, exc.message) from exc
-    if info.video is None or info.video.frames <= 0:
-        raise JobError("no_video_stream", "the file has no video stream")
+    assert norm.video is not None
     ctx.pause()
-    report = ctx.workdir / "probe.json"
-    report.write_text(json.dumps(info.to_dict()))
-    key = tenant_key(ctx.job.tenant_id, "avatars", avatar.id, "probe.json")
-    ctx.save_artifact("probe", key, report, info=info.to_dict(), content_type="application/json")
-    return StepResult(state={"frames": info.video.frames, "fps": info.video.fps}, progress=0.1)
+    prefix = ("avatars", avatar.id, "media")
+    ctx.save_artifact(
+        "video",
+        tenant_key(ctx.job.tenant_id, *prefix, "video.mp4"),
+        video,
+        info={"source": info.to_dict(), "normalised": norm.to_dict()},
+        content_type="video/mp4",
+    )
+    ctx.save_artifact(
+        "audio",
+        tenant_key(ctx.job.tenant_id, *prefix, "audio.wav"),
+        audio,
+        content_type="audio/wav",
+    )
+    return StepResult(state={"frames": norm.video.frames, "fps": norm.video.fps}, progress=0.05)

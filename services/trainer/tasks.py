@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.preprocess.tasks import artifact_key
 from services.runner import JobContext, stage_task
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
@@ -9,6 +10,11 @@ from talkinghead.media import iter_frames, write_png
 from talkinghead.models.still import MAX_SIDE, StillState, mean_frame, psnr, train_segment
 
 TRAIN_START, TRAIN_END = 0.2, 0.9
+
+
+def normalised_video_key(ctx: JobContext) -> str:
+    """The 25 fps video the ingest stage stored."""
+    return artifact_key(ctx, "video")
 
 
 def _checkpoint_key(ctx: JobContext, frames: int) -> str:
@@ -20,10 +26,10 @@ def _checkpoint_key(ctx: JobContext, frames: int) -> str:
 @stage_task("talkinghead.train_segment")
 def train(ctx: JobContext) -> StepResult:
     """Run one segment of training from the last checkpoint, then save a new one."""
-    avatar = ctx.resource()
+    ctx.resource()
     previous = ctx.job.state.get("checkpoint")
     state = StillState.from_bytes(ctx.store.get_bytes(previous)) if previous else StillState()
-    source = ctx.fetch(avatar.source_key, "source")  # type: ignore[union-attr]
+    source = ctx.fetch(normalised_video_key(ctx), "video.mp4")
     added = train_segment(source, state, ctx.settings.segment_frames)
     ctx.pause()
     if state.count == 0:
@@ -58,7 +64,7 @@ def export(ctx: JobContext) -> StepResult:
         info={"family": "still", "frames": state.count},
         content_type="image/png",
     )
-    source = ctx.fetch(avatar.source_key, "source")  # type: ignore[union-attr]
+    source = ctx.fetch(normalised_video_key(ctx), "video.mp4")
     first = next(iter_frames(source, MAX_SIDE, count=1))
     metrics = {"frames": state.count, "psnr_first_frame_db": round(psnr(image, first), 3)}
     return StepResult(progress=1.0, metrics=metrics)

@@ -11,7 +11,7 @@ import pytest
 from services.client import TalkingHeadClient
 from services.embedded import EmbeddedStack
 from shared.storage import build_store
-from tests.conftest import make_audio, make_video
+from tests.conftest import make_audio, make_face_video
 from tests.e2e.test_http_flow import admin_create_tenant
 from tests.fixtures.seaweed import S3Server, fresh_bucket_name
 
@@ -28,7 +28,7 @@ def stack(
         "TH_S3_ACCESS_KEY": s3_server.access_key,
         "TH_S3_SECRET_KEY": s3_server.secret_key,
         "TH_S3_BUCKET": fresh_bucket_name("dist"),
-        "TH_SEGMENT_FRAMES": "25",
+        "TH_SEGMENT_FRAMES": "40",
     }
     with EmbeddedStack(tmp_path_factory.mktemp("dist"), redis_url=redis_url, env=env) as running:
         yield running
@@ -37,7 +37,7 @@ def stack(
 def test_presigned_upload_to_avatar_to_render(stack: EmbeddedStack, tmp_path: Path) -> None:
     key = admin_create_tenant(stack, "dist")["api_key"]
     auth = {"Authorization": f"Bearer {key}"}
-    video = make_video(tmp_path / "me.mp4", seconds=2.0)
+    video = make_face_video(tmp_path / "me.mp4")
     slot = httpx.post(
         f"{stack.base_url}/v1/uploads",
         headers=auth,
@@ -56,7 +56,7 @@ def test_presigned_upload_to_avatar_to_render(stack: EmbeddedStack, tmp_path: Pa
     client = TalkingHeadClient(stack.base_url, key)
     avatar = client.wait("avatar", created.json()["id"], timeout=120)
     assert avatar["status"] == "ready", avatar
-    assert avatar["metrics"]["frames"] == 50
+    assert avatar["metrics"]["frames"] == 110
 
     render = client.create_render(avatar["id"], make_audio(tmp_path / "a.wav", seconds=1.0))
     done = client.wait("render", render["id"], timeout=120)

@@ -16,7 +16,7 @@ import pytest
 from services.client import ApiError, TalkingHeadClient
 from services.embedded import EmbeddedStack
 from services.webhooks.sender import sign
-from tests.conftest import make_audio, make_video
+from tests.conftest import make_audio, make_face_video
 from tests.fixtures.webhooks import WebhookReceiver, running_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = {
         "TH_ALLOW_PRIVATE_CALLBACKS": "true",
         "TH_RECONCILE_INTERVAL_S": "1",
-        "TH_SEGMENT_FRAMES": "20",
+        "TH_SEGMENT_FRAMES": "40",
         "TH_LOG_JSON": "true",
     }
     with EmbeddedStack(
@@ -80,7 +80,7 @@ def test_tenant_builds_renders_and_deletes_an_avatar(
         second_key["id"]: False,
     }
 
-    video = make_video(tmp_path / "me.mp4", seconds=2.0)
+    video = make_face_video(tmp_path / "me.mp4")
     created = client.create_avatar(
         video, consent=True, name="me", metadata={"order": 42}, callback_url=hook.url
     )  # type: ignore[attr-defined]
@@ -92,7 +92,8 @@ def test_tenant_builds_renders_and_deletes_an_avatar(
     assert statuses[-1] == "ready" and len(statuses) >= 2
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress)
-    assert final["metrics"]["frames"] == 50
+    assert final["metrics"]["frames"] == 110
+    assert final["metrics"]["dataset"]["face_found_ratio"] >= 0.98
     assert client.get_avatar(created["id"])["status"] == "ready"
 
     # Exactly one, correctly signed webhook call, carrying the caller's metadata.

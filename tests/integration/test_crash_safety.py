@@ -23,11 +23,11 @@ from shared.jobs import JobService
 from shared.queue import celery_app, configure_celery
 from shared.storage import build_store, tenant_key
 from shared.tenants import create_tenant
-from tests.conftest import make_video
+from tests.conftest import make_face_video
 from tests.fixtures.webhooks import WebhookReceiver, running_receiver
 from tests.fixtures.workers import children, start_reconciler, start_worker, stop
 
-AVATAR_ARTIFACTS = {"probe", "poster", "renderer"}
+AVATAR_ARTIFACTS = {"video", "audio", "dataset", "renderer"}
 
 
 @dataclass
@@ -55,7 +55,7 @@ def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "TH_RECONCILE_INTERVAL_S": "0.5",
         "TH_ENQUEUE_GRACE_S": "1",
         "TH_TASK_DELAY_S": "1.5",
-        "TH_SEGMENT_FRAMES": "25",
+        "TH_SEGMENT_FRAMES": "40",
         "TH_ALLOW_PRIVATE_CALLBACKS": "true",
         "TH_WEBHOOK_BACKOFF_S": "0.2",
         "TH_LOG_JSON": "false",
@@ -66,7 +66,7 @@ def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tenant, _ = create_tenant(s, "crash-tests")
         tenant_id = tenant.id
     with running_receiver() as hook:
-        yield Platform(env, settings, tenant_id, make_video(root / "v.mp4"), root, hook)
+        yield Platform(env, settings, tenant_id, make_face_video(root / "v.mp4"), root, hook)
 
 
 def commit_avatar(
@@ -173,7 +173,7 @@ def test_child_process_killed_mid_task(platform: Platform) -> None:
         for pid in pool:
             os.kill(pid, signal.SIGKILL)
         assert_finished_once(platform, avatar_id, job_id)
-        assert job_row(platform, job_id).state["frames_done"] == 50
+        assert job_row(platform, job_id).state["frames_done"] == 110
     finally:
         stop(worker)
         stop(reconciler)

@@ -1,0 +1,107 @@
+"""Preprocessing speed and memory: real-time factor and peak RSS for 30 s and 120 s inputs.
+
+Each run is a fresh child process, so its peak RSS (ru_maxrss from wait4) is its own. The
+baseline, measured in the same run on the same file, is a plain decode of every frame (the
+least any pass over the video costs), so the ratio is stable on a noisy machine.
+
+    python bench/preprocess.py --lengths 30,120 --size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from talkinghead.media import iter_frames
+from talkinghead.preprocess.pipeline import PreprocessConfig, preprocess_video
+mode, video, out, size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter()
+if mode == "decode":
+    n = sum(1 for _ in iter_frames(video, 4096))
+else:
+    n = preprocess_video(video, out, PreprocessConfig(size=size)).num_frames
+print(n, time.perf_counter() - t)
+"""
+
+
+def run_child(mode: str, video: Path, out: Path, size: int) -> tuple[int, float, float]:
+    """Run one measurement in a child; returns frames, wall seconds, peak RSS in MiB."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, str(video), str(out), str(size)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert proc.stdout is not None
+    output = proc.stdout.read().split()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{mode} failed")
+    return int(output[0]), float(output[1]), usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    """Generate inputs, measure, print a table and optionally save JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--lengths", default="30,120", help="input lengths in seconds")
+    ap.add_argument("--size", type=int, default=512, help="input and crop side in pixels")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from talkinghead.synthetic import generate
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="th-bench-pre-") as tmp:
+        for seconds in [float(s) for s in args.lengths.split(",")]:
+            clip_dir = Path(tmp) / f"clip{seconds:.0f}"
+            t0 = time.perf_counter()
+            clip = generate(clip_dir, seconds=seconds, size=args.size)
+            gen_s = time.perf_counter() - t0
+            frames, decode_s, decode_rss = run_child(
+                "decode", clip.video, clip_dir / "x", args.size
+            )
+            n, wall, rss = run_child("preprocess", clip.video, clip_dir / "dataset", args.size)
+            rows.append(
+                {
+                    "seconds": seconds,
+                    "frames": frames,
+                    "dataset_frames": n,
+                    "generate_s": round(gen_s, 1),
+                    "decode_s": round(decode_s, 2),
+                    "preprocess_s": round(wall, 2),
+                    "rtf": round(wall / seconds, 3),
+                    "vs_decode": round(wall / decode_s, 1),
+                    "peak_rss_mib": round(rss),
+                    "decode_peak_rss_mib": round(decode_rss),
+                }
+            )
+            print(rows[-1], flush=True)
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; input {args.size}x{args.size}"
+    )
+    print("| input | wall s | s per s of video | vs plain decode | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['seconds']:.0f} s | {r['preprocess_s']} | {r['rtf']} | {r['vs_decode']}x |"
+            f" {r['peak_rss_mib']} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Audio features aligned to video frames: a language-agnostic log-mel default, plug-in encoders.
+
+Every encoder maps a 16 kHz mono waveform to one feature row per video frame, shape
+(num_frames, dim). The renderer consumes a window of `2 * context` rows centred on each frame
+(`windows`), like RAD-NeRF's 16-frame audio window.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from talkinghead.media import MediaError, ffmpeg_exe
+
+SAMPLE_RATE = 16_000
+DEFAULT_CONTEXT = 8  # frames each side: windows of 16 frames (0.64 s at 25 fps)
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """Decode the first audio stream of any file ffmpeg reads to float32 16 kHz mono in [-1, 1]."""
+    cmd = [
+        ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "-",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    err = proc.stderr.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        if "matches no streams" in err or "does not contain any stream" in err:
+            raise MediaError("no_audio_stream", f"{Path(path).name} has no audio stream")
+        raise MediaError("unreadable_media", err[-500:] or "ffmpeg could not decode the audio")
+    pcm = np.frombuffer(proc.stdout, dtype="<i2")  # (N,)
+    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def audio_level_dbfs(wave: np.ndarray) -> float:
+    """RMS level in dBFS (0 dB = full-scale square wave); -120.0 for silence or empty input."""
+    if wave.size == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(wave.astype(np.float64)))))
+    return max(-120.0, 20.0 * float(np.log10(max(rms, 1e-12))))
+
+
+@runtime_checkable
+class AudioEncoder(Protocol):
+    """Waveform → one feature row per video frame."""
+
+    name: str
+    dim: int
+
+    def encode(self, wave16k: np.ndarray, num_frames: int, fps: float = 25) -> np.ndarray:
+        """Features (num_frames, dim) float32; row i describes video frame i's time span."""
+        ...
+
+
+def _resample_to_frames(
+    feats: np.ndarray, rate: float, offset: float, num_frames: int, fps: float, subframes: int
+) -> np.ndarray:
+    """Linear interpolation of (N, D) features at `subframes` instants inside each video frame.
+
+    Feature row j is centred at time `offset + j / rate` seconds; the sample instants of video
+    frame i are `(i + (k + 0.5) / subframes) / fps`, k < subframes. Returns (T, subframes, D).
+    """
+    n, d = feats.shape
+    k = (np.arange(subframes, dtype=np.float64) + 0.5) / subframes  # (S,)
+    times = (np.arange(num_frames, dtype=np.float64)[:, None] + k[None, :]) / fps  # (T, S)
+    pos = np.clip((times.reshape(-1) - offset) * rate, 0.0, max(n - 1, 0))  # (T*S,)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo)[:, None]  # (T*S, 1)
+    out = feats[lo] * (1.0 - w) + feats[hi] * w  # (T*S, D)
+    return out.reshape(num_frames, subframes, d)
+
+
+def _mel_filterbank(n_mels: int, n_fft: int, sr: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular HTK-mel filters with Slaney area normalisation, shape (n_mels, n_fft // 2 + 1)."""
+
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    freqs = np.linspace(0.0, sr / 2.0, n_fft // 2 + 1)  # (F,)
+    edges = mel_to_hz(np.linspace(hz_to_mel(np.array(fmin)), hz_to_mel(np.array(fmax)), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M, 1)
+    up = (freqs[None, :] - lower) / np.maximum(centre - lower, 1e-9)
+    down = (upper - freqs[None, :]) / np.maximum(upper - centre, 1e-9)
+    fb = np.maximum(0.0, np.minimum(up, down))  # (M, F)
+    fb *= 2.0 / np.maximum(upper - lower, 1e-9)  # equal area per filter
+    return fb.astype(np.float64)
+
+
+class LogMelEncoder:
+    """Language-agnostic default: utterance-normalised log-mel, pooled to video frames.
+
+    Spectrogram: 25 ms Hann window (400 samples, FFT 512), 10 ms hop (100 Hz), `n_mels` bands
+    from 20 Hz to 8 kHz, log10 power with an 80 dB floor below the utterance peak, then one
+    scalar mean/std normalisation per utterance (loudness-invariant, keeps the spectral shape;
+    silence maps to zeros). Each video frame gets `subframes` mel rows (exactly the 4 hops of a
+    40 ms frame at 25 fps; interpolated at other rates) which are averaged (`dim = n_mels`) or,
+    with `flatten=True`, concatenated (`dim = n_mels * subframes`).
+    """
+
+    def __init__(self, n_mels: int = 80, subframes: int = 4, flatten: bool = False) -> None:
+        """Configure bands and pooling."""
+        if n_mels < 1 or subframes < 1:
+            raise ValueError("n_mels and subframes must be positive")
+        self.n_mels = n_mels
+        self.subframes = subframes
+        self.flatten = flatten
+        self.win = 400  # samples: 25 ms
+        self.hop = 160  # samples: 10 ms
+        self.n_fft = 512
+        self.name = "logmel" if not flatten else f"logmel-x{subframes}"
+        self.dim = n_mels * subframes if flatten else n_mels
+        self._fb = _mel_filterbank(n_mels, self.n_fft, SAMPLE_RATE, 20.0, SAMPLE_RATE / 2)
+        n = np.arange(self.win)
+        self._window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.win)  # periodic Hann (win,)
+
+    def log_mel(self, wave16k: np.ndarray, min_seconds: float = 0.0) -> np.ndarray:
+        """Normalised log-mel (N, n_mels) float32 at 100 Hz; row j centred at (j + 0.5) * 10 ms."""
+        wave = np.asarray(wave16k, dtype=np.float64).reshape(-1)
+        need = max(wave.size, int(np.ceil(min_seconds * SAMPLE_RATE)))
+        # Pad so that frame j spans original samples [j*hop - 120, j*hop + 280): centre (j+.5)*hop.
+        lead = self.win // 2 - self.hop // 2
+        n_frames = max(1, int(np.ceil(need / self.hop)))
+        total = (n_frames - 1) * self.hop + self.win
+        padded = np.zeros(total, dtype=np.float64)
+        body = wave[: max(0, total - lead)]
+        padded[lead : lead + body.size] = body
+        frames = np.lib.stride_tricks.sliding_window_view(padded, self.win)[:: self.hop]
+        frames = frames[:n_frames] * self._window  # (N, win)
+        power = np.abs(np.fft.rfft(frames, n=self.n_fft, axis=1)) ** 2  # (N, F)
+        mel = power @ self._fb.T  # (N, M)
+        logmel = np.log10(np.maximum(mel, 1e-10))
+        logmel = np.maximum(logmel, logmel.max() - 8.0)  # 80 dB dynamic range
+        std = float(logmel.std())
+        logmel = (logmel - logmel.mean()) / (std if std > 1e-3 else 1.0)
+        return logmel.astype(np.float32)
+
+    def encode(self, wave16k: np.ndarray, num_frames: int, fps: float = 25) -> np.ndarray:
+        """Features (num_frames, dim) float32; audio shorter than the video is padded with silence.
+
+        Returns (num_frames, dim).
+        """
+        if num_frames < 0 or fps <= 0:
+            raise ValueError("num_frames must be >= 0 and fps > 0")
+        if num_frames == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        mel = self.log_mel(wave16k, min_seconds=num_frames / fps)  # (N, M)
+        rate = SAMPLE_RATE / self.hop  # 100 Hz
+        sub = _resample_to_frames(mel, rate, 0.5 / rate, num_frames, fps, self.subframes)
+        out = sub.reshape(num_frames, -1) if self.flatten else sub.mean(axis=1)  # (T, dim)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class PretrainedSpeechEncoder:
+    """HuBERT / wav2vec2 hidden states from a local `transformers` checkpoint (never downloads)."""
+
+    def __init__(
+        self, path: Path | None, layer: int = -1, chunk_seconds: float = 20.0, device: str = "cpu"
+    ) -> None:
+        """Load the model and feature extractor from `path` with `local_files_only=True`."""
+        if path is None:
+            raise ValueError(
+                "the pretrained audio encoder needs a local model directory "
+                "(a HuBERT/wav2vec2 checkpoint saved with save_pretrained); none was given"
+            )
+        path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"pretrained audio encoder path {path} is not a directory")
+        try:
+            import torch
+            from transformers import AutoFeatureExtractor, AutoModel
+        except ImportError as exc:
+            raise ImportError(
+                "the pretrained audio encoder needs `torch` and `transformers`, which are not "
+                "installed (pip install torch transformers); the default 'logmel' encoder "
+                "needs neither"
+            ) from exc
+        self._torch: Any = torch
+        try:
+            self._extractor: Any = AutoFeatureExtractor.from_pretrained(
+                str(path), local_files_only=True
+            )
+            self._model: Any = AutoModel.from_pretrained(str(path), local_files_only=True)
+        except OSError as exc:
+            raise ValueError(f"cannot load a speech model from {path}: {exc}") from exc
+        self._model.eval().to(device)
+        self._device = device
+        self.layer = layer
+        self.chunk_seconds = chunk_seconds
+        self.name = f"pretrained:{path.name}"
+        self.dim = int(self._model.config.hidden_size)
+        # Conv feature encoders of HuBERT/wav2vec2 stride 320 samples: 50 Hz.
+        self._stride = 320
+
+    def _hidden(self, wave: np.ndarray) -> np.ndarray:
+        """Hidden states (N, dim) at 50 Hz for one chunk."""
+        torch = self._torch
+        inputs = self._extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        inputs = {k: v.to(self._device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = self._model(**inputs, output_hidden_states=self.layer != -1)
+        states = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+        return states[0].float().cpu().numpy()
+
+    def encode(self, wave16k: np.ndarray, num_frames: int, fps: float = 25) -> np.ndarray:
+        """Features (num_frames, dim) float32, chunked so that memory is bounded for long audio."""
+        if num_frames == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        wave = np.asarray(wave16k, dtype=np.float32).reshape(-1)
+        need = int(np.ceil(num_frames / fps * SAMPLE_RATE))
+        if wave.size < need:
+            wave = np.pad(wave, (0, need - wave.size))
+        chunk = int(self.chunk_seconds * SAMPLE_RATE) // self._stride * self._stride
+        parts = []
+        for start in range(0, wave.size, chunk):
+            piece = wave[start : start + chunk]
+            if piece.size < 400:  # shorter than the conv receptive field
+                piece = np.pad(piece, (0, 400 - piece.size))
+            parts.append(self._hidden(piece)[: max(1, int(np.ceil(piece.size / self._stride)))])
+        hidden = np.concatenate(parts, axis=0)  # (N, dim)
+        rate = SAMPLE_RATE / self._stride
+        sub = _resample_to_frames(hidden, rate, 0.5 / rate, num_frames, fps, 2)
+        return np.ascontiguousarray(sub.mean(axis=1), dtype=np.float32)
+
+
+def encoder_from_name(name: str = "logmel", path: Path | None = None) -> AudioEncoder:
+    """Build an encoder: 'logmel' (default, no weights) or 'pretrained' (needs a local `path`)."""
+    key = name.strip().lower()
+    if key in ("logmel", "log-mel", "mel"):
+        return LogMelEncoder()
+    if key in ("pretrained", "hubert", "wav2vec2"):
+        if path is None:
+            raise ValueError(
+                f"audio encoder {name!r} needs a local model path (e.g. TH_AUDIO_ENCODER_PATH); "
+                "nothing is ever downloaded"
+            )
+        return PretrainedSpeechEncoder(path)
+    raise ValueError(f"unknown audio encoder {name!r}; choose 'logmel' or 'pretrained'")
+
+
+def windows(features: np.ndarray, context: int = DEFAULT_CONTEXT) -> np.ndarray:
+    """Edge-padded windows (T, 2*context, dim) where row i holds frames [i - context, i + context).
+
+    Returns a read-only strided view over one padded copy (no T x 2*context copy).
+    """
+    if context < 1:
+        raise ValueError("context must be >= 1")
+    feats = np.asarray(features)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be (T, dim), got shape {feats.shape}")
+    if feats.shape[0] == 0:
+        return np.zeros((0, 2 * context, feats.shape[1]), dtype=feats.dtype)
+    padded = np.pad(feats, ((context, context - 1), (0, 0)), mode="edge")  # (T + 2c - 1, D)
+    view = np.lib.stride_tricks.sliding_window_view(padded, 2 * context, axis=0)  # (T, D, 2c)
+    return view.transpose(0, 2, 1)
+
+
+def window_at(features: np.ndarray, index: int, context: int = DEFAULT_CONTEXT) -> np.ndarray:
+    """The edge-padded window (2*context, dim) of one frame; reads only those rows (memmap-safe)."""
+    rows = np.clip(np.arange(index - context, index + context), 0, len(features) - 1)
+    return np.asarray(features[rows])
