@@ -127,9 +127,8 @@ def frame_signature(rgb: np.ndarray, bins: int = 8, size: int = 64) -> np.ndarra
     step = max(1, int(max(h, w) // size))
     small = rgb[::step, ::step, :3].reshape(-1, 3).astype(np.int64)  # (N, 3)
     idx = (small * bins) // 256  # (N, 3) bin per channel
-    hist = np.stack([np.bincount(idx[:, c], minlength=bins) for c in range(3)])  # (3, bins)
-    hist = hist / max(1, small.shape[0])
-    return hist.reshape(-1).astype(np.float32)
+    counts = np.stack([np.bincount(idx[:, c], minlength=bins) for c in range(3)])  # (3, bins)
+    return (counts / max(1, small.shape[0])).reshape(-1).astype(np.float32)
 
 
 def identity_descriptor(points: np.ndarray) -> np.ndarray:
