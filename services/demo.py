@@ -22,9 +22,21 @@ from services.client import TalkingHeadClient
 from services.embedded import EmbeddedStack
 from shared.db.session import session_scope
 from shared.tenants import create_tenant
-from talkinghead.media import probe, synth_face_video, synth_tone
+from talkinghead.media import probe
+from talkinghead.synthetic import generate, speech
 
 console = Console(stderr=True)
+
+
+def _speech_in_another_voice(out: Path) -> Path:
+    """Speech the avatar never heard, from a different espeak-ng voice."""
+    speech(
+        out,
+        "Hello! This is a talking head, speaking words it was never trained on.",
+        voice="en-us+f3",
+        seconds=4.0,
+    )
+    return out
 
 
 def follow(client: TalkingHeadClient, kind: str, resource_id: str, label: str) -> dict[str, Any]:
@@ -57,12 +69,12 @@ def main() -> int:
     video = (
         Path(os.environ["VIDEO"])
         if os.environ.get("VIDEO")
-        else synth_face_video(out_dir / "input.mp4", seconds=6.0, size=512)
+        else generate(out_dir / "input", seconds=8.0, size=512).video
     )
     audio = (
         Path(os.environ["AUDIO"])
         if os.environ.get("AUDIO")
-        else synth_tone(out_dir / "speech.wav", seconds=3.0)
+        else _speech_in_another_voice(out_dir / "speech.wav")
     )
 
     console.print(f"[bold]starting the embedded stack[/] in {data_dir}")
