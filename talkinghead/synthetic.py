@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from talkinghead.media import MediaError, ffmpeg_exe
+from talkinghead.media import MediaError, ffmpeg_exe, run_ffmpeg
 
 DEFAULT_TEXT = (
     "Hello, and welcome to this short demonstration. "
@@ -311,7 +311,7 @@ def speech(out: Path, text: str, voice: str, seconds: float) -> np.ndarray:
         )
         if proc.returncode != 0 or not raw.exists():
             raise MediaError("tts_failed", proc.stderr.decode(errors="replace")[-300:])
-        _ffmpeg(["-i", str(raw), "-ar", str(SAMPLE_RATE), "-ac", "1", str(res)])
+        run_ffmpeg(["-i", str(raw), "-ar", str(SAMPLE_RATE), "-ac", "1", str(res)])
         speech, _ = sf.read(str(res), dtype="float32")
     total = round(seconds * SAMPLE_RATE)
     gap = np.zeros(SAMPLE_RATE // 4, np.float32)
@@ -464,17 +464,6 @@ def _mouth_interior(frame: np.ndarray, xy: np.ndarray, mouth_open: float) -> Non
         teeth = np.vstack([upper[2:-2], upper[2:-2][::-1] + np.array([0.0, min(0.22 * gap, 6.0)])])
         t16 = np.round(teeth * 16).astype(np.int32)
         cv2.fillPoly(frame, [t16], (215.0, 210.0, 200.0), lineType=cv2.LINE_AA, shift=4)
-
-
-def _ffmpeg(args: list[str]) -> None:
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise MediaError("encode_failed", proc.stderr.strip()[-500:] or "ffmpeg failed")
 
 
 def generate(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from shared.db.models import Job
@@ -51,3 +52,17 @@ async def job_events(
         elif time.monotonic() - last_sent >= KEEPALIVE_S:
             last_sent = time.monotonic()
             yield b": keepalive\n\n"
+
+
+async def open_event_stream(
+    request: Request, resource_id: str, load: JobLoader
+) -> StreamingResponse | None:
+    """The SSE response for a resource, or None when it does not exist for the caller."""
+    first = await run_in_threadpool(load)
+    if first is None:
+        return None
+    return StreamingResponse(
+        job_events(request, resource_id, load, first),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -27,7 +27,7 @@ from services.api.deps import (
     StoreDep,
 )
 from services.api.errors import ApiError, problems
-from services.api.events import job_events
+from services.api.events import open_event_stream
 from services.api.intake import (
     AVATAR_FORM,
     AVATAR_JSON_MAX_BYTES,
@@ -210,11 +210,7 @@ async def avatar_events(
 ) -> StreamingResponse:
     """Server-Sent Events of the avatar's state and progress."""
     load = partial(_avatar_job, sessions, principal.tenant_id, avatar_id)
-    first = await run_in_threadpool(load)
-    if first is None:
+    stream = await open_event_stream(request, avatar_id, load)
+    if stream is None:
         raise not_found("avatar", avatar_id)
-    return StreamingResponse(
-        job_events(request, avatar_id, load, first),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return stream

@@ -21,7 +21,7 @@ from services.api.deps import (
     StoreDep,
 )
 from services.api.errors import ApiError, problems
-from services.api.events import job_events
+from services.api.events import open_event_stream
 from services.api.intake import (
     RENDER_FORM,
     RENDER_JSON_MAX_BYTES,
@@ -257,11 +257,7 @@ async def render_events(
 ) -> StreamingResponse:
     """Server-Sent Events of the render's state and progress."""
     load = partial(_render_job, sessions, principal.tenant_id, render_id)
-    first = await run_in_threadpool(load)
-    if first is None:
+    stream = await open_event_stream(request, render_id, load)
+    if stream is None:
         raise not_found("render", render_id)
-    return StreamingResponse(
-        job_events(request, render_id, load, first),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return stream
