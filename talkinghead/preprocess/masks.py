@@ -139,7 +139,8 @@ class BackgroundPlate:
         self.h, self.w = int(shape[0]), int(shape[1])
         self.threshold = threshold
         self.margin = max(2, round(0.01 * max(self.h, self.w))) if margin < 0 else margin
-        self._sum = np.zeros((self.h, self.w, 3), dtype=np.float64)  # (H, W, 3)
+        # uint32 holds 255 x 16 M frames; in-place masked adds avoid per-frame temporaries.
+        self._sum = np.zeros((self.h, self.w, 3), dtype=np.uint32)  # (H, W, 3)
         self._count = np.zeros((self.h, self.w), dtype=np.uint32)  # (H, W)
         self.frames = 0
 
@@ -154,8 +155,8 @@ class BackgroundPlate:
             k = 2 * self.margin + 1
             fg = cv2.dilate(fg, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         bg = fg == 0  # (H, W) bool
-        self._sum[bg] += rgb[bg]
-        self._count[bg] += 1
+        np.add(self._sum, rgb, out=self._sum, where=bg[..., None])
+        np.add(self._count, 1, out=self._count, where=bg)
         self.frames += 1
 
     def coverage(self) -> float:
