@@ -360,6 +360,17 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
+@contextlib.contextmanager
+def _missing_as_not_found(key: str) -> Iterator[None]:
+    """Turn S3's several spellings of "no such object" into ObjectNotFound."""
+    try:
+        yield
+    except ClientError as exc:
+        if _error_code(exc) in _NOT_FOUND_CODES:
+            raise ObjectNotFound(key) from None
+        raise
+
+
 class S3ObjectStore(ObjectStore):
     """Objects in one S3 bucket (MinIO, SeaweedFS or AWS), path-style, signature v4."""
 
@@ -532,12 +543,8 @@ class S3ObjectStore(ObjectStore):
 
     def get_bytes(self, key: str) -> bytes:
         """The whole object."""
-        try:
+        with _missing_as_not_found(key):
             response = self.client.get_object(Bucket=self.bucket, Key=_validate_key(key))
-        except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
-                raise ObjectNotFound(key) from None
-            raise
         with contextlib.closing(response["Body"]) as body:
             return body.read()
 
@@ -570,23 +577,15 @@ class S3ObjectStore(ObjectStore):
         """Copy the object to the local file `path` (ranged parallel GETs when large)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with _missing_as_not_found(key):
             self.client.download_file(
                 self.bucket, _validate_key(key), str(target), Config=self.transfer_config
             )
-        except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
-                raise ObjectNotFound(key) from None
-            raise
 
     def size(self, key: str) -> int:
         """Size in bytes; ObjectNotFound when missing."""
-        try:
+        with _missing_as_not_found(key):
             head = self.client.head_object(Bucket=self.bucket, Key=_validate_key(key))
-        except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
-                raise ObjectNotFound(key) from None
-            raise
         return head["ContentLength"]
 
     def exists(self, key: str) -> bool:
