@@ -82,8 +82,7 @@ def semantic_labels(
     if person.shape[:2] != (h, w):
         raise ValueError(f"person mask {person.shape} does not match image {(h, w)}")
     is_person = person >= threshold  # (H, W) bool
-    labels = np.zeros((h, w), dtype=np.uint8)
-    labels[is_person] = TORSO
+    labels = is_person.view(np.uint8) * np.uint8(TORSO)  # (H, W) uint8: 0 or TORSO
     if points is None:
         return labels
     pts = np.asarray(points, dtype=np.float64)[:, :2]  # (478, 2) x, y
@@ -94,10 +93,6 @@ def semantic_labels(
         return labels
     up = axis / face_h  # unit vector chin → forehead
     side = np.array([-up[1], up[0]])  # perpendicular
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) each
-    dx, dy = xs - np.float32(chin[0]), ys - np.float32(chin[1])
-    s = dx * np.float32(up[0]) + dy * np.float32(up[1])  # height above the chin (px)
-    r = dx * np.float32(side[0]) + dy * np.float32(side[1])  # signed lateral offset (px)
     oval_rel = pts[FACE_OVAL] - chin  # (36, 2)
     oval_r = oval_rel @ side
     jaw_s = float(np.mean((pts[[JAW_LEFT, JAW_RIGHT]] - chin) @ up))  # jaw-angle height
@@ -105,16 +100,40 @@ def semantic_labels(
     centre_r = 0.5 * (r_min + r_max)
     jaw_half = 0.5 * (r_max - r_min)
 
+    # Both zones are rotated rectangles: only the pixels of their (and the oval's) bounding box
+    # can change label, so the per-pixel geometry is evaluated there alone.
+    corners = [
+        chin + s_ * up + (centre_r + r_) * side
+        for s_, half in (
+            (jaw_s, head_width * face_h),
+            (head_height * face_h, head_width * face_h),
+            (jaw_s, jaw_half),
+            (-neck_length * face_h, jaw_half),
+        )
+        for r_ in (-half, half)
+    ]
+    box = np.concatenate([np.array(corners), pts[FACE_OVAL]])  # (N, 2)
+    x0, y0 = np.clip(np.floor(box.min(axis=0)).astype(int) - 1, 0, [w, h])
+    x1, y1 = np.clip(np.ceil(box.max(axis=0)).astype(int) + 2, 0, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return labels
+    # Same float32 arithmetic as a full (H, W) grid, restricted to the box by broadcasting.
+    xs = np.arange(x0, x1, dtype=np.float32) - np.float32(chin[0])  # (W',)
+    ys = np.arange(y0, y1, dtype=np.float32) - np.float32(chin[1])  # (H',)
+    s = (xs * np.float32(up[0]))[None, :] + (ys * np.float32(up[1]))[:, None]  # above chin (px)
+    r = (xs * np.float32(side[0]))[None, :] + (ys * np.float32(side[1]))[:, None]  # lateral (px)
+    lateral = np.abs(r - centre_r)
+
     oval = np.zeros((h, w), dtype=np.uint8)
     cv2.fillPoly(oval, [np.round(pts[FACE_OVAL]).astype(np.int32)], (1,))
-    head_zone = (
-        (s >= jaw_s) & (s <= head_height * face_h) & (np.abs(r - centre_r) <= head_width * face_h)
-    )
-    head = (oval > 0) | (is_person & head_zone)
-    neck_zone = (s < jaw_s) & (s >= -neck_length * face_h) & (np.abs(r - centre_r) <= jaw_half)
-    neck = is_person & neck_zone & ~head
-    labels[head] = HEAD
-    labels[neck] = NECK
+    person_box = is_person[y0:y1, x0:x1]
+    head_zone = (s >= jaw_s) & (s <= head_height * face_h) & (lateral <= head_width * face_h)
+    head = (oval[y0:y1, x0:x1] > 0) | (person_box & head_zone)
+    neck_zone = (s < jaw_s) & (s >= -neck_length * face_h) & (lateral <= jaw_half)
+    neck = person_box & neck_zone & ~head
+    labels_box = labels[y0:y1, x0:x1]  # a view: writes go to `labels`
+    labels_box[head] = HEAD
+    labels_box[neck] = NECK
     return labels
 
 
@@ -139,9 +158,13 @@ class BackgroundPlate:
         self.h, self.w = int(shape[0]), int(shape[1])
         self.threshold = threshold
         self.margin = max(2, round(0.01 * max(self.h, self.w))) if margin < 0 else margin
-        # uint32 holds 255 x 16 M frames; in-place masked adds avoid per-frame temporaries.
-        self._sum = np.zeros((self.h, self.w, 3), dtype=np.uint32)  # (H, W, 3)
-        self._count = np.zeros((self.h, self.w), dtype=np.uint32)  # (H, W)
+        # float64 sums of uint8 values are exact far beyond any clip length; cv2.accumulate with
+        # a mask adds in place without per-frame temporaries.
+        self._sum = np.zeros((self.h, self.w, 3), dtype=np.float64)  # (H, W, 3)
+        self._count = np.zeros((self.h, self.w), dtype=np.float64)  # (H, W)
+        self._ones = np.ones((self.h, self.w), dtype=np.uint8)
+        k = 2 * self.margin + 1
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         self.frames = 0
 
     def add(self, rgb: np.ndarray, person_mask: np.ndarray) -> None:
@@ -150,13 +173,14 @@ class BackgroundPlate:
             raise ValueError(
                 f"frame {rgb.shape} / mask {person_mask.shape} != plate {(self.h, self.w)}"
             )
-        fg: np.ndarray = (person_mask >= self.threshold).astype(np.uint8)
+        mask = np.asarray(person_mask, dtype=np.float32)
+        fg = cv2.compare(mask, float(np.float32(self.threshold)), cv2.CMP_GE)  # 255 = person
         if self.margin > 0:
-            k = 2 * self.margin + 1
-            fg = cv2.dilate(fg, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        bg = fg == 0  # (H, W) bool
-        np.add(self._sum, rgb, out=self._sum, where=bg[..., None])
-        np.add(self._count, 1, out=self._count, where=bg)
+            fg = cv2.dilate(fg, self._kernel)
+        bg = cv2.bitwise_not(fg)  # (H, W) uint8, 255 = background
+        image = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(self.h, self.w, 3)
+        cv2.accumulate(image, self._sum, mask=bg)
+        cv2.accumulate(self._ones, self._count, mask=bg)
         self.frames += 1
 
     def coverage(self) -> float:
