@@ -17,6 +17,7 @@ from talkinghead.media import MediaError, ffmpeg_exe
 
 SAMPLE_RATE = 16_000
 DEFAULT_CONTEXT = 8  # frames each side: windows of 16 frames (0.64 s at 25 fps)
+BLOCK_ROWS = 2048  # spectrogram rows (20 s) computed at a time
 
 
 def load_audio(path: Path) -> np.ndarray:
@@ -48,8 +49,9 @@ def load_audio(path: Path) -> np.ndarray:
         if "matches no streams" in err or "does not contain any stream" in err:
             raise MediaError("no_audio_stream", f"{Path(path).name} has no audio stream")
         raise MediaError("unreadable_media", err[-500:] or "ffmpeg could not decode the audio")
-    pcm = np.frombuffer(proc.stdout, dtype="<i2")  # (N,)
-    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+    wave = np.frombuffer(proc.stdout, dtype="<i2").astype(np.float32)  # (N,)
+    wave /= 32768.0  # in place: one float32 copy of a long recording, not two
+    return wave
 
 
 def audio_level_dbfs(wave: np.ndarray) -> float:
@@ -73,16 +75,24 @@ class AudioEncoder(Protocol):
 
 
 def _resample_to_frames(
-    feats: np.ndarray, rate: float, offset: float, num_frames: int, fps: float, subframes: int
+    feats: np.ndarray,
+    rate: float,
+    offset: float,
+    num_frames: int,
+    fps: float,
+    subframes: int,
+    first: int = 0,
 ) -> np.ndarray:
     """Linear interpolation of (N, D) features at `subframes` instants inside each video frame.
 
     Feature row j is centred at time `offset + j / rate` seconds; the sample instants of video
-    frame i are `(i + (k + 0.5) / subframes) / fps`, k < subframes. Returns (T, subframes, D).
+    frame i are `(i + (k + 0.5) / subframes) / fps`, k < subframes. Returns (T, subframes, D)
+    for video frames [first, first + num_frames).
     """
     n, d = feats.shape
     k = (np.arange(subframes, dtype=np.float64) + 0.5) / subframes  # (S,)
-    times = (np.arange(num_frames, dtype=np.float64)[:, None] + k[None, :]) / fps  # (T, S)
+    index = np.arange(first, first + num_frames, dtype=np.float64)  # (T,)
+    times = (index[:, None] + k[None, :]) / fps  # (T, S)
     pos = np.clip((times.reshape(-1) - offset) * rate, 0.0, max(n - 1, 0))  # (T*S,)
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, n - 1)
@@ -138,24 +148,35 @@ class LogMelEncoder:
         self._window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.win)  # periodic Hann (win,)
 
     def log_mel(self, wave16k: np.ndarray, min_seconds: float = 0.0) -> np.ndarray:
-        """Normalised log-mel (N, n_mels) float32 at 100 Hz; row j centred at (j + 0.5) * 10 ms."""
-        wave = np.asarray(wave16k, dtype=np.float64).reshape(-1)
+        """Normalised log-mel (N, n_mels) float32 at 100 Hz; row j centred at (j + 0.5) * 10 ms.
+
+        The spectrogram is made in blocks of BLOCK_ROWS rows, so its transient memory does not
+        grow with the recording's length (whole-signal STFT arrays are ~100x the waveform).
+        """
+        wave = np.asarray(wave16k).reshape(-1)
         need = max(wave.size, int(np.ceil(min_seconds * SAMPLE_RATE)))
         # Pad so that frame j spans original samples [j*hop - 120, j*hop + 280): centre (j+.5)*hop.
         lead = self.win // 2 - self.hop // 2
         n_frames = max(1, int(np.ceil(need / self.hop)))
         total = (n_frames - 1) * self.hop + self.win
-        padded = np.zeros(total, dtype=np.float64)
-        body = wave[: max(0, total - lead)]
-        padded[lead : lead + body.size] = body
-        frames = np.lib.stride_tricks.sliding_window_view(padded, self.win)[:: self.hop]
-        frames = frames[:n_frames] * self._window  # (N, win)
-        power = np.abs(np.fft.rfft(frames, n=self.n_fft, axis=1)) ** 2  # (N, F)
-        mel = power @ self._fb.T  # (N, M)
-        logmel = np.log10(np.maximum(mel, 1e-10))
-        logmel = np.maximum(logmel, logmel.max() - 8.0)  # 80 dB dynamic range
-        std = float(logmel.std())
-        logmel = (logmel - logmel.mean()) / (std if std > 1e-3 else 1.0)
+        body = min(wave.size, max(0, total - lead))  # samples of `wave` inside the padding
+        logmel = np.empty((n_frames, self.n_mels), dtype=np.float64)  # (N, M)
+        for j0 in range(0, n_frames, BLOCK_ROWS):
+            j1 = min(n_frames, j0 + BLOCK_ROWS)
+            a, b = j0 * self.hop - lead, (j1 - 1) * self.hop + self.win - lead  # wave coords
+            segment = np.zeros(b - a, dtype=np.float64)
+            lo, hi = max(a, 0), min(b, body)
+            if hi > lo:
+                segment[lo - a : hi - a] = wave[lo:hi]
+            frames = np.lib.stride_tricks.sliding_window_view(segment, self.win)[:: self.hop]
+            frames = frames[: j1 - j0] * self._window  # (n, win)
+            power = np.abs(np.fft.rfft(frames, n=self.n_fft, axis=1)) ** 2  # (n, F)
+            np.log10(np.maximum(power @ self._fb.T, 1e-10), out=logmel[j0:j1])  # (n, M)
+        np.maximum(logmel, logmel.max() - 8.0, out=logmel)  # 80 dB dynamic range
+        logmel -= logmel.mean()
+        std = float(np.sqrt(np.einsum("ij,ij->", logmel, logmel) / logmel.size))
+        if std > 1e-3:
+            logmel /= std
         return logmel.astype(np.float32)
 
     def encode(self, wave16k: np.ndarray, num_frames: int, fps: float = 25) -> np.ndarray:
@@ -169,9 +190,15 @@ class LogMelEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         mel = self.log_mel(wave16k, min_seconds=num_frames / fps)  # (N, M)
         rate = SAMPLE_RATE / self.hop  # 100 Hz
-        sub = _resample_to_frames(mel, rate, 0.5 / rate, num_frames, fps, self.subframes)
-        out = sub.reshape(num_frames, -1) if self.flatten else sub.mean(axis=1)  # (T, dim)
-        return np.ascontiguousarray(out, dtype=np.float32)
+        out = np.empty((num_frames, self.dim), dtype=np.float32)  # (T, dim)
+        step = max(1, BLOCK_ROWS // self.subframes)  # video frames per block
+        for i0 in range(0, num_frames, step):
+            count = min(step, num_frames - i0)
+            sub = _resample_to_frames(
+                mel, rate, 0.5 / rate, count, fps, self.subframes, first=i0
+            )  # (count, S, M)
+            out[i0 : i0 + count] = sub.reshape(count, -1) if self.flatten else sub.mean(axis=1)
+        return out
 
 
 class PretrainedSpeechEncoder:
