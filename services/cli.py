@@ -261,6 +261,46 @@ def preprocess(
     _print_json(json.loads((out / "manifest.json").read_text()).get("quality", {}))
 
 
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Dataset dir.")],
+    workdir: Annotated[Path, typer.Option("--workdir", help="Checkpoint directory.")],
+    preset: Annotated[str, typer.Option(help="tiny, cpu-quick or gpu-standard.")] = "cpu-quick",
+    steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
+    evaluate: Annotated[bool, typer.Option(help="Score the held-out frames at the end.")] = True,
+) -> None:
+    """Train a RAD-NeRF avatar on a dataset; resumes from the workdir's checkpoint."""
+    from talkinghead.configs import preset as load_preset
+    from talkinghead.training.evaluation import evaluate as score
+    from talkinghead.training.trainer import Trainer
+
+    try:
+        config = load_preset(preset)
+        trainer = Trainer(dataset, workdir, config)
+    except ValueError as exc:
+        _fail("bad_request", str(exc))
+    start = trainer.state.step
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    ) as progress:
+        task = progress.add_task("train", total=trainer.total_steps, completed=start)
+
+        def report(r: Any) -> None:
+            desc = f"train: {r.stage} mse {r.losses.get('mse', 0.0):.4f}"
+            progress.update(task, completed=r.step, description=desc)
+
+        ran = trainer.run(steps, report)
+    typer.echo(f"ran {ran} steps ({start} -> {trainer.state.step} of {trainer.total_steps})")
+    if evaluate and trainer.done:
+        with trainer.ema.applied():
+            _print_json(score(trainer.model, trainer.data))
+
+
 # -- platform verbs ---------------------------------------------------------------------------
 
 

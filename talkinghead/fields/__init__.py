@@ -1,0 +1,1 @@
+"""Neural fields of the renderers: grid encoders, the audio network, head and torso fields."""

@@ -1,0 +1,1 @@
+"""Rays, the maximum occupancy grid, volume rendering and compositing."""

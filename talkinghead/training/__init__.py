@@ -1,0 +1,1 @@
+"""The trainer: staged schedule, EMA, checkpoints that resume exactly, held-out evaluation."""

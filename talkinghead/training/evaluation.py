@@ -1,0 +1,90 @@
+"""Held-out evaluation: image quality, mouth landmarks and the lip-sync proxy with its control."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from talkinghead.data.frames import TrainingData
+from talkinghead.metrics import FaceMeter, FrameScores, lipsync_proxy, shuffled_order
+from talkinghead.models.radnerf import Conditions, RadNerf, composite_over
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """Float image in [0, 1] -> uint8 array."""
+    return (image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def frame_conditions(
+    data: TrainingData, ids: Sequence[int], k: int, audio_ids: Sequence[int] | None = None
+) -> Conditions:
+    """Conditions of dataset frames `ids`, optionally driven by the audio of `audio_ids`."""
+    audio_ids = ids if audio_ids is None else audio_ids
+    return Conditions(
+        poses=torch.from_numpy(np.stack([data.pose(i) for i in ids])),
+        audio=torch.from_numpy(np.stack([data.audio(i, k) for i in audio_ids])),
+        eye=torch.tensor([data.eye(i) for i in ids], dtype=torch.float32),
+    )
+
+
+def render_dataset_frames(
+    model: RadNerf,
+    data: TrainingData,
+    ids: Sequence[int],
+    audio_ids: Sequence[int] | None = None,
+    batch: int = 4,
+) -> Iterator[np.ndarray]:
+    """Rendered RGB uint8 frames of `ids` over the background plate, one at a time."""
+    k = model.config.attention_window
+    K = torch.from_numpy(data.K)
+    device = model.eye_scale.device
+    background = torch.from_numpy(data.background()).to(device).float() / 255.0
+    audio_ids = list(ids) if audio_ids is None else list(audio_ids)
+    for lo in range(0, len(ids), batch):
+        cond = frame_conditions(data, ids[lo : lo + batch], k, audio_ids[lo : lo + batch])
+        rgba = model.render_frames(cond, K, data.size)
+        for image in composite_over(rgba, background):
+            yield to_uint8(image)
+
+
+def evaluate(model: RadNerf, data: TrainingData, limit: int = 0, seed: int = 0) -> dict[str, float]:
+    """Scores of the held-out frames; the model should already hold the weights to judge."""
+    ids = [int(i) for i in data.val_ids]
+    if limit:
+        ids = ids[:limit]
+    if not ids:
+        return {}
+    model.eval()
+    scores = FrameScores()
+    truth = np.array([data.mouth_openness(i) for i in ids])
+    rendered, shuffled = [], []
+    order = shuffled_order(len(ids), seed)
+    with FaceMeter() as pred_meter, FaceMeter() as true_meter, FaceMeter() as shuf_meter:
+        for i, image in zip(ids, render_dataset_frames(model, data, ids), strict=True):
+            true_rgb = data.frame(i).rgb
+            pred_points = pred_meter.landmarks(image)
+            scores.add(image, true_rgb, pred_points, true_meter.landmarks(true_rgb))
+            rendered.append(_openness(pred_points))
+        shuffled_audio = [ids[j] for j in order]
+        for image in render_dataset_frames(model, data, ids, shuffled_audio):
+            shuffled.append(_openness(shuf_meter.landmarks(image)))
+    summary = scores.summary()
+    return {
+        "psnr": float(summary["psnr_pooled"]),
+        "psnr_frame_mean": float(summary["psnr_frame_mean"]),
+        "ssim": float(summary["ssim"]),
+        "lmd": float(summary["lmd"]),
+        "lipsync": lipsync_proxy(np.array(rendered), truth),
+        "lipsync_shuffled": lipsync_proxy(np.array(shuffled), truth),
+        "face_found": float(np.mean(np.isfinite(rendered))),
+        "frames": float(len(ids)),
+    }
+
+
+def _openness(points: np.ndarray | None) -> float:
+    from talkinghead.preprocess.features import mouth_openness
+
+    return math.nan if points is None else float(mouth_openness(points))
