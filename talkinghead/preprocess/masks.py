@@ -174,10 +174,10 @@ class BackgroundPlate:
                 f"frame {rgb.shape} / mask {person_mask.shape} != plate {(self.h, self.w)}"
             )
         mask = np.asarray(person_mask, dtype=np.float32)
-        fg = cv2.compare(mask, float(np.float32(self.threshold)), cv2.CMP_GE)  # 255 = person
+        fg: np.ndarray = np.greater_equal(mask, np.float32(self.threshold)).view(np.uint8)
         if self.margin > 0:
             fg = cv2.dilate(fg, self._kernel)
-        bg = cv2.bitwise_not(fg)  # (H, W) uint8, 255 = background
+        bg = np.equal(fg, 0).view(np.uint8)  # (H, W) 1 = background
         image = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(self.h, self.w, 3)
         cv2.accumulate(image, self._sum, mask=bg)
         cv2.accumulate(self._ones, self._count, mask=bg)
