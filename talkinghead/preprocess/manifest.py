@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -242,6 +243,23 @@ class DatasetWriter:
                 "dtype": str(arr.dtype),
             }
 
+    def array_stream(self, name: str, rows: int, tail: tuple[int, ...], dtype: str) -> ArrayStream:
+        """Open `<name>.npy` of shape (rows, *tail) to be written in blocks (see ArrayStream)."""
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid array name {name!r}")
+        if name in ARRAY_SPECS:
+            want_tail, want_dtype = ARRAY_SPECS[name]
+            if len(want_tail) != len(tail) or any(
+                w is not None and g != w for g, w in zip(tail, want_tail, strict=True)
+            ):
+                raise ValueError(f"array {name!r} must be (T, {want_tail}), got {tail}")
+            dtype = want_dtype
+
+        def done(shape: tuple[int, ...]) -> None:
+            self._arrays[name] = {"file": f"{name}.npy", "shape": list(shape), "dtype": dtype}
+
+        return ArrayStream(self.root / f"{name}.npy", rows, tail, dtype, done)
+
     def finalize(self, meta: dict[str, Any], quality: dict[str, Any], split: Split) -> Manifest:
         """Check completeness, then write manifest.json atomically and return the Manifest.
 
@@ -314,6 +332,61 @@ class DatasetWriter:
         text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False, default=_json_default)
         _atomic_write_bytes(self.root / MANIFEST_NAME, (text + "\n").encode("utf-8"))
         return manifest
+
+
+class ArrayStream:
+    """A `.npy` file written block by block (so a (T, 478, 3) array never sits in memory whole).
+
+    It is written to a temporary name and moved into place by `close` once all rows arrived.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        rows: int,
+        tail: tuple[int, ...],
+        dtype: str,
+        on_close: Callable[[tuple[int, ...]], None],
+    ) -> None:
+        """Write the header of a (rows, *tail) `dtype` array."""
+        self.path = path
+        self.shape = (int(rows), *(int(t) for t in tail))
+        self.dtype = np.dtype(dtype)
+        self.written = 0
+        self._on_close = on_close
+        self._tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self._file, {**header, "shape": self.shape})
+
+    def write(self, block: np.ndarray) -> None:
+        """Append rows (k, *tail)."""
+        arr = np.ascontiguousarray(block, dtype=self.dtype)
+        if arr.shape[1:] != self.shape[1:] or self.written + len(arr) > self.shape[0]:
+            raise ValueError(f"block {arr.shape} does not fit array {self.shape}")
+        self._file.write(arr.tobytes())
+        self.written += len(arr)
+
+    def close(self) -> None:
+        """Check that every row was written, then move the file into place."""
+        self._file.close()
+        if self.written != self.shape[0]:
+            self._tmp.unlink(missing_ok=True)
+            raise ValueError(f"{self.written} of {self.shape[0]} rows written to {self.path.name}")
+        os.replace(self._tmp, self.path)
+        self._on_close(self.shape)
+
+    def __enter__(self) -> ArrayStream:
+        """Context manager entry."""
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        """Close on success; on error drop the partial file."""
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def _json_default(value: Any) -> Any:

@@ -101,6 +101,16 @@ def _face_axes(points: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=-1)
 
 
+def frontal_angle(points: np.ndarray) -> np.ndarray:
+    """Angle (radians) between each frame's face frame and the camera's: 0 = frontal.
+
+    points: (..., 478, 3) pixel-unit points -> (...,).
+    """
+    axes = _face_axes(np.asarray(points, dtype=np.float64))  # (..., 3, 3)
+    cos = np.clip((np.trace(axes, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    return np.asarray(np.arccos(cos))
+
+
 def reference_shape(
     points_seq: np.ndarray, valid: np.ndarray | None = None, frontal_fraction: float = 0.25
 ) -> np.ndarray:
@@ -118,19 +128,63 @@ def reference_shape(
     pts = pts[ok]
     if len(pts) == 0:
         raise ValueError("no valid frames to build a reference shape from")
-    axes = _face_axes(pts)  # (V, 3, 3)
-    # angle between each frame's face frame and the camera frame: 0 = frontal
-    cos = np.clip((np.trace(axes, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    angle = np.arccos(cos)  # (V,)
+    angle = frontal_angle(pts)  # (V,)
     keep = np.argsort(angle)[: max(1, int(np.ceil(frontal_fraction * len(pts))))]
-    shapes = []
-    for i in keep:
+    axes = _face_axes(pts[keep])  # (K, 3, 3)
+    shapes = np.empty((len(keep), *pts.shape[1:]), dtype=np.float64)  # (K, 478, 3)
+    for k, i in enumerate(keep):
         p = pts[i] - pts[i][STABLE_POINTS].mean(axis=0)
-        p = p @ axes[i]  # into the face frame: row vectors times the axis columns
+        p = p @ axes[k]  # into the face frame: row vectors times the axis columns
         p *= EYE_WIDTH_M / np.linalg.norm(p[263] - p[33])
-        shapes.append(p)
-    ref = np.median(np.stack(shapes), axis=0)
+        shapes[k] = p
+    ref = np.median(shapes, axis=0)
     return ref.astype(np.float32)
+
+
+class PoseSolver:
+    """Frame-by-frame solvePnP (iterative, seeded by the previous frame) on the stable landmarks.
+
+    Streaming form of `estimate_poses`: feed frames in order; memory does not grow with length.
+    """
+
+    def __init__(self, K: np.ndarray, reference: np.ndarray) -> None:
+        """K: (3, 3) camera matrix; reference: (478, 3) from `reference_shape`."""
+        self._obj = np.ascontiguousarray(reference[STABLE_POINTS], dtype=np.float64)  # (S, 3)
+        self._cam = np.asarray(K, dtype=np.float64)
+        self._dist = np.zeros(4)
+        self._rvec: np.ndarray | None = None
+        self._tvec: np.ndarray | None = None
+
+    def solve(self, points: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rotation (3, 3), translation (3,)) for one frame's (478, 2|3) points, or None.
+
+        None (or non-finite stable points) marks an invalid frame; the next one starts afresh.
+        """
+        if points is None or not np.all(np.isfinite(points[STABLE_POINTS, :2])):
+            return None
+        img = np.ascontiguousarray(points[STABLE_POINTS, :2], dtype=np.float64)  # (S, 2)
+        obj, cam, dist = self._obj, self._cam, self._dist
+        if self._rvec is None or self._tvec is None:
+            success, rvec, tvec = cv2.solvePnP(obj, img, cam, dist, flags=cv2.SOLVEPNP_SQPNP)
+            success, rvec, tvec = cv2.solvePnP(
+                obj, img, cam, dist, rvec, tvec, True, cv2.SOLVEPNP_ITERATIVE
+            )
+        else:
+            success, rvec, tvec = cv2.solvePnP(
+                obj,
+                img,
+                cam,
+                dist,
+                self._rvec.copy(),
+                self._tvec.copy(),
+                True,
+                cv2.SOLVEPNP_ITERATIVE,
+            )
+        if not success:
+            self._rvec = self._tvec = None
+            return None
+        self._rvec, self._tvec = rvec, tvec
+        return cv2.Rodrigues(rvec)[0], tvec.reshape(3)
 
 
 def estimate_poses(
@@ -144,31 +198,14 @@ def estimate_poses(
     n = len(points)
     rotation = np.full((n, 3, 3), np.nan)
     translation = np.full((n, 3), np.nan)
-    ok = np.asarray(valid, dtype=bool) & np.all(np.isfinite(points[:, STABLE_POINTS, :2]), (1, 2))
-    obj = np.ascontiguousarray(reference[STABLE_POINTS], dtype=np.float64)  # (S, 3)
-    cam = np.asarray(K, dtype=np.float64)
-    dist = np.zeros(4)
-    rvec: np.ndarray | None = None
-    tvec: np.ndarray | None = None
+    ok = np.asarray(valid, dtype=bool).copy()
+    solver = PoseSolver(K, reference)
     for t in range(n):
-        if not ok[t]:
-            continue
-        img = np.ascontiguousarray(points[t, STABLE_POINTS, :2], dtype=np.float64)  # (S, 2)
-        if rvec is None or tvec is None:
-            success, rvec, tvec = cv2.solvePnP(obj, img, cam, dist, flags=cv2.SOLVEPNP_SQPNP)
-            success, rvec, tvec = cv2.solvePnP(
-                obj, img, cam, dist, rvec, tvec, True, cv2.SOLVEPNP_ITERATIVE
-            )
-        else:
-            success, rvec, tvec = cv2.solvePnP(
-                obj, img, cam, dist, rvec.copy(), tvec.copy(), True, cv2.SOLVEPNP_ITERATIVE
-            )
-        if not success:
+        pose = solver.solve(points[t] if ok[t] else None)
+        if pose is None:
             ok[t] = False
-            rvec = tvec = None
             continue
-        rotation[t] = cv2.Rodrigues(rvec)[0]
-        translation[t] = tvec.reshape(3)
+        rotation[t], translation[t] = pose
     euler = np.full((n, 3), np.nan)
     euler[ok] = rotation_to_euler(rotation[ok])
     return Poses(rotation=rotation, euler=euler, translation=translation, valid=ok)

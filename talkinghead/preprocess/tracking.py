@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -21,12 +23,52 @@ _PAIRS = np.array(
 _EYE_OUTER = (33, 263)
 
 
+class Boxed(Protocol):
+    """What association needs of a face: its box (FaceObservation, or a box without points)."""
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """x0, y0, x1, y1 in pixels."""
+        ...
+
+    @property
+    def area(self) -> float:
+        """Box area in square pixels."""
+        ...
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Box centre in pixels."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FaceBox:
+    """A face's box only; `row` says where its landmarks are kept (e.g. a RowSpool row)."""
+
+    bbox: tuple[float, float, float, float]
+    row: int
+
+    @property
+    def area(self) -> float:
+        """Bounding-box area in square pixels."""
+        x0, y0, x1, y1 = self.bbox
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Bounding-box centre in pixels."""
+        x0, y0, x1, y1 = self.bbox
+        return (0.5 * (x0 + x1), 0.5 * (y0 + y1))
+
+
 @dataclass
 class Track:
     """One face followed across frames: frame index -> observation."""
 
     frames: list[int] = field(default_factory=list)
-    observations: list[FaceObservation] = field(default_factory=list)
+    observations: list[Boxed] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # index of each observation in its frame
 
     @property
     def score(self) -> float:
@@ -34,7 +76,7 @@ class Track:
         return float(sum(o.area for o in self.observations))
 
     @property
-    def last(self) -> FaceObservation:
+    def last(self) -> Boxed:
         """The most recent observation."""
         return self.observations[-1]
 
@@ -63,7 +105,7 @@ def bbox_iou(a: tuple[float, float, float, float], b: tuple[float, float, float,
     return inter / union if union > 0 else 0.0
 
 
-def _match_score(track_obs: FaceObservation, obs: FaceObservation) -> float:
+def _match_score(track_obs: Boxed, obs: Boxed) -> float:
     """Association score: IoU, or a weaker centre-proximity score for fast motion; 0 = no match."""
     iou = bbox_iou(track_obs.bbox, obs.bbox)
     if iou >= 0.2:
@@ -77,7 +119,7 @@ def _match_score(track_obs: FaceObservation, obs: FaceObservation) -> float:
     return 0.0
 
 
-def associate(per_frame: list[list[FaceObservation]], max_gap: int = 25) -> list[Track]:
+def associate(per_frame: Sequence[Sequence[Boxed]], max_gap: int = 25) -> list[Track]:
     """Greedy frame-to-frame association of observations into tracks."""
     tracks: list[Track] = []
     for t, observations in enumerate(per_frame):
@@ -95,30 +137,53 @@ def associate(per_frame: list[list[FaceObservation]], max_gap: int = 25) -> list
                 continue
             tracks[i].frames.append(t)
             tracks[i].observations.append(observations[j])
+            tracks[i].slots.append(j)
             used_tracks.add(i)
             used_obs.add(j)
         for j, obs in enumerate(observations):
             if j not in used_obs:
-                tracks.append(Track(frames=[t], observations=[obs]))
+                tracks.append(Track(frames=[t], observations=[obs], slots=[j]))
     return tracks
 
 
-def select_main_subject(per_frame: list[list[FaceObservation]], max_gap: int = 25) -> MainTrack:
+@dataclass(frozen=True)
+class MainSlots:
+    """Which observation of each frame is the main subject's, without any landmarks."""
+
+    slot: np.ndarray  # (T,) int64: index into that frame's observations, -1 where not found
+    n_tracks: int
+    rival_ratio: float
+
+    @property
+    def found(self) -> np.ndarray:
+        """(T,) bool: the main subject was found."""
+        return self.slot >= 0
+
+
+def main_subject_slots(per_frame: Sequence[Sequence[Boxed]], max_gap: int = 25) -> MainSlots:
     """Pick the largest, most persistent face track (score = total bbox area over frames)."""
-    n = len(per_frame)
-    points = np.full((n, N_LANDMARKS, 3), np.nan, dtype=np.float32)
-    found = np.zeros(n, dtype=bool)
+    slot = np.full(len(per_frame), -1, dtype=np.int64)
     tracks = associate(per_frame, max_gap=max_gap)
     if not tracks:
-        return MainTrack(points=points, found=found, n_tracks=0, rival_ratio=0.0)
+        return MainSlots(slot=slot, n_tracks=0, rival_ratio=0.0)
     scores = np.array([tr.score for tr in tracks])
     order = np.argsort(-scores)
     main = tracks[int(order[0])]
-    for t, obs in zip(main.frames, main.observations, strict=True):
-        points[t] = obs.points
-        found[t] = True
+    slot[main.frames] = main.slots
     rival = float(scores[order[1]] / scores[order[0]]) if len(tracks) > 1 else 0.0
-    return MainTrack(points=points, found=found, n_tracks=len(tracks), rival_ratio=rival)
+    return MainSlots(slot=slot, n_tracks=len(tracks), rival_ratio=rival)
+
+
+def select_main_subject(per_frame: list[list[FaceObservation]], max_gap: int = 25) -> MainTrack:
+    """Pick the largest, most persistent face track, with its landmarks (see main_subject_slots)."""
+    n = len(per_frame)
+    points = np.full((n, N_LANDMARKS, 3), np.nan, dtype=np.float32)
+    main = main_subject_slots(per_frame, max_gap=max_gap)
+    for t in np.nonzero(main.found)[0]:
+        points[t] = per_frame[t][main.slot[t]].points
+    return MainTrack(
+        points=points, found=main.found, n_tracks=main.n_tracks, rival_ratio=main.rival_ratio
+    )
 
 
 def frame_signature(rgb: np.ndarray, bins: int = 8, size: int = 64) -> np.ndarray:
@@ -198,17 +263,19 @@ def find_cuts(
 
 
 def consistent_segments(
-    track: MainTrack, cuts: list[int], min_len: int, max_gap: int = 12
+    track: MainTrack | np.ndarray, cuts: list[int], min_len: int, max_gap: int = 12
 ) -> list[tuple[int, int]]:
     """Half-open [start, end) ranges inside one shot with the face found, gaps <= max_gap.
 
-    Sorted longest first; ranges shorter than min_len are dropped.
+    `track` is the main track or just its (T,) found flags. Sorted longest first; ranges
+    shorter than min_len are dropped.
     """
-    n = len(track.found)
+    found = track.found if isinstance(track, MainTrack) else np.asarray(track, dtype=bool)
+    n = len(found)
     bounds = [0, *sorted(c for c in cuts if 0 < c < n), n]
     segments: list[tuple[int, int]] = []
     for s0, s1 in itertools.pairwise(bounds):
-        idx = np.nonzero(track.found[s0:s1])[0] + s0
+        idx = np.nonzero(found[s0:s1])[0] + s0
         if len(idx) == 0:
             continue
         start = prev = int(idx[0])
@@ -223,6 +290,58 @@ def consistent_segments(
     return segments
 
 
+@dataclass(frozen=True)
+class GapPlan:
+    """How each frame's points are made: found frames copy themselves, short gaps blend."""
+
+    before: np.ndarray  # (T,) int64: frame to take (found) or blend from; -1 if invalid
+    after: np.ndarray  # (T,) int64: frame to blend towards (= before for found frames)
+    weight: np.ndarray  # (T,) float32: weight of `after` (0 for found frames)
+    valid: np.ndarray  # (T,) bool
+
+
+def gap_plan(found: np.ndarray, max_gap: int = 12) -> GapPlan:
+    """Interior face losses of <= max_gap frames are linearly interpolated (see GapPlan)."""
+    valid = np.asarray(found, dtype=bool).copy()
+    n = len(valid)
+    before = np.where(valid, np.arange(n), -1).astype(np.int64)
+    after = before.copy()
+    weight = np.zeros(n, dtype=np.float32)
+    idx = np.nonzero(valid)[0]
+    for a, b in itertools.pairwise(idx):
+        gap = int(b - a - 1)
+        if gap == 0 or gap > max_gap:
+            continue
+        before[a + 1 : b], after[a + 1 : b] = a, b
+        weight[a + 1 : b] = np.arange(1, gap + 1, dtype=np.float32) / (gap + 1)
+        valid[a + 1 : b] = True
+    return GapPlan(before=before, after=after, weight=weight, valid=valid)
+
+
+def gap_points(
+    plan: GapPlan, frames: np.ndarray, load: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Points (K, ...) float32 of `frames` (K,) per `plan`; invalid frames are NaN.
+
+    `load(frame indices)` returns the found frames' points, e.g. from an array or a spool.
+    """
+    frames = np.asarray(frames, dtype=np.int64)
+    valid = plan.valid[frames]
+    before, after = plan.before[frames], plan.after[frames]
+    need = np.unique(np.concatenate([before[valid], after[valid]]))
+    loaded = np.asarray(load(need), dtype=np.float32)  # (U, ...)
+    lookup = {int(f): i for i, f in enumerate(need)}
+    out = np.full((len(frames), *loaded.shape[1:]), np.nan, dtype=np.float32)
+    for k in np.nonzero(valid)[0]:
+        pa = loaded[lookup[int(before[k])]]
+        if before[k] == after[k]:
+            out[k] = pa
+        else:
+            w = plan.weight[frames[k]]  # float32 scalar: the blend stays in float32
+            out[k] = (np.float32(1.0) - w) * pa + w * loaded[lookup[int(after[k])]]
+    return out
+
+
 def interpolate_gaps(
     points: np.ndarray, found: np.ndarray, max_gap: int = 12
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -231,18 +350,10 @@ def interpolate_gaps(
     points: (T, 478, 3), found: (T,) -> (points (T, 478, 3), valid (T,)); longer or
     leading/trailing gaps stay NaN and invalid.
     """
-    out = np.array(points, dtype=np.float32, copy=True)
-    valid = np.asarray(found, dtype=bool).copy()
-    idx = np.nonzero(valid)[0]
-    for a, b in itertools.pairwise(idx):
-        gap = int(b - a - 1)
-        if gap == 0 or gap > max_gap:
-            continue
-        w = (np.arange(1, gap + 1, dtype=np.float32) / (gap + 1))[:, None, None]  # (gap, 1, 1)
-        out[a + 1 : b] = (1.0 - w) * out[a] + w * out[b]
-        valid[a + 1 : b] = True
-    out[~valid] = np.nan
-    return out, valid
+    pts = np.asarray(points, dtype=np.float32)
+    plan = gap_plan(found, max_gap)
+    out = gap_points(plan, np.arange(len(pts)), lambda idx: pts[idx])
+    return out, plan.valid
 
 
 def fixed_crop(
@@ -262,8 +373,22 @@ def fixed_crop(
     pts = np.asarray(points)[np.asarray(valid, dtype=bool)][..., :2]  # (V, 478, 2)
     if len(pts) == 0:
         raise ValueError("no valid face frames to place a crop")
-    lo = pts.min(axis=1)  # (V, 2)
-    hi = pts.max(axis=1)  # (V, 2)
+    return fixed_crop_from_extents(
+        pts.min(axis=1), pts.max(axis=1), frame_w, frame_h, margin, down_shift
+    )
+
+
+def fixed_crop_from_extents(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    frame_w: int,
+    frame_h: int,
+    margin: float = 0.55,
+    down_shift: float = 0.15,
+) -> tuple[int, int, int]:
+    """`fixed_crop` from each valid frame's landmark extent: lo, hi (V, 2) = min, max of x, y."""
+    if len(lo) == 0:
+        raise ValueError("no valid face frames to place a crop")
     face_size = float(np.median(np.max(hi - lo, axis=1)))
     ux0, uy0 = lo.min(axis=0)
     ux1, uy1 = hi.max(axis=0)
