@@ -8,6 +8,8 @@ Every encoder maps a 16 kHz mono waveform to one feature row per video frame, sh
 from __future__ import annotations
 
 import subprocess
+import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,6 +56,34 @@ def load_audio(path: Path) -> np.ndarray:
     return wave
 
 
+def read_wav(path: Path, start: int = 0, count: int | None = None) -> np.ndarray:
+    """Samples [start, start+count) of a 16-bit mono 16 kHz WAV as float32 in [-1, 1].
+
+    Reads only that stretch, straight into one float32 array (load_audio decodes the whole
+    file and holds it twice over); any other file goes through load_audio.
+    """
+    try:
+        with wave.open(str(path), "rb") as wav:
+            params = wav.getparams()
+            if (params.nchannels, params.sampwidth, params.framerate) == (1, 2, SAMPLE_RATE):
+                start = min(max(0, start), params.nframes)
+                stop = params.nframes if count is None else min(params.nframes, start + count)
+                out = np.empty(stop - start, dtype=np.float32)
+                wav.setpos(start)
+                for at in range(0, len(out), 1 << 20):
+                    chunk = np.frombuffer(wav.readframes(min(1 << 20, len(out) - at)), "<i2")
+                    out[at : at + len(chunk)] = chunk
+                    if len(chunk) < min(1 << 20, len(out) - at):  # a truncated file
+                        out = out[: at + len(chunk)]
+                        break
+                out /= 32768.0
+                return out
+    except (wave.Error, EOFError):
+        pass
+    whole = load_audio(path)
+    return whole[start : None if count is None else start + count]
+
+
 def audio_level_dbfs(wave: np.ndarray) -> float:
     """RMS level in dBFS (0 dB = full-scale square wave); -120.0 for silence or empty input."""
     if wave.size == 0:
@@ -74,6 +104,24 @@ class AudioEncoder(Protocol):
         ...
 
 
+def _frame_positions(
+    n: int, rate: float, offset: float, num_frames: int, fps: float, subframes: int, first: int
+) -> np.ndarray:
+    """Fractional feature-row positions (T * S,) sampled for video frames [first, first + T)."""
+    k = (np.arange(subframes, dtype=np.float64) + 0.5) / subframes  # (S,)
+    index = np.arange(first, first + num_frames, dtype=np.float64)  # (T,)
+    times = (index[:, None] + k[None, :]) / fps  # (T, S)
+    return np.clip((times.reshape(-1) - offset) * rate, 0.0, max(n - 1, 0))  # (T*S,)
+
+
+def _interpolate_rows(feats: np.ndarray, pos: np.ndarray, row0: int = 0) -> np.ndarray:
+    """Rows of `feats` linearly interpolated at positions `pos` (K,), feats[0] being row0."""
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, row0 + len(feats) - 1)
+    w = (pos - lo)[:, None]  # (K, 1)
+    return feats[lo - row0] * (1.0 - w) + feats[hi - row0] * w  # (K, D)
+
+
 def _resample_to_frames(
     feats: np.ndarray,
     rate: float,
@@ -90,15 +138,8 @@ def _resample_to_frames(
     for video frames [first, first + num_frames).
     """
     n, d = feats.shape
-    k = (np.arange(subframes, dtype=np.float64) + 0.5) / subframes  # (S,)
-    index = np.arange(first, first + num_frames, dtype=np.float64)  # (T,)
-    times = (index[:, None] + k[None, :]) / fps  # (T, S)
-    pos = np.clip((times.reshape(-1) - offset) * rate, 0.0, max(n - 1, 0))  # (T*S,)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    w = (pos - lo)[:, None]  # (T*S, 1)
-    out = feats[lo] * (1.0 - w) + feats[hi] * w  # (T*S, D)
-    return out.reshape(num_frames, subframes, d)
+    pos = _frame_positions(n, rate, offset, num_frames, fps, subframes, first)
+    return _interpolate_rows(feats, pos).reshape(num_frames, subframes, d)
 
 
 def _mel_filterbank(n_mels: int, n_fft: int, sr: int, fmin: float, fmax: float) -> np.ndarray:
@@ -147,56 +188,86 @@ class LogMelEncoder:
         n = np.arange(self.win)
         self._window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.win)  # periodic Hann (win,)
 
+    def _rows(self, wave: np.ndarray, n_rows: int, j0: int, j1: int) -> np.ndarray:
+        """Raw log10 mel power (j1 - j0, n_mels) float64 of spectrogram rows [j0, j1).
+
+        Row j spans samples [j*hop - 120, j*hop + 280) of `wave` (centre (j + 0.5) * hop),
+        zero outside it and past row n_rows - 1's window.
+        """
+        lead = self.win // 2 - self.hop // 2
+        total = (n_rows - 1) * self.hop + self.win
+        body = min(wave.size, max(0, total - lead))  # samples of `wave` inside the padding
+        a, b = j0 * self.hop - lead, (j1 - 1) * self.hop + self.win - lead  # wave coords
+        segment = np.zeros(b - a, dtype=np.float64)
+        lo, hi = max(a, 0), min(b, body)
+        if hi > lo:
+            segment[lo - a : hi - a] = wave[lo:hi]
+        frames = np.lib.stride_tricks.sliding_window_view(segment, self.win)[:: self.hop]
+        frames = frames[: j1 - j0] * self._window  # (n, win)
+        power = np.abs(np.fft.rfft(frames, n=self.n_fft, axis=1)) ** 2  # (n, F)
+        return np.asarray(np.log10(np.maximum(power @ self._fb.T, 1e-10)))  # (n, M)
+
+    def _blocks(self, wave: np.ndarray, n_rows: int) -> Iterator[np.ndarray]:
+        """Raw log-mel rows in blocks of BLOCK_ROWS."""
+        for j0 in range(0, n_rows, BLOCK_ROWS):
+            yield self._rows(wave, n_rows, j0, min(n_rows, j0 + BLOCK_ROWS))
+
+    def _normaliser(self, wave: np.ndarray, n_rows: int) -> tuple[float, float, float]:
+        """(floor, mean, scale) of the utterance: 80 dB below its peak, then mean/std.
+
+        Computed over blocks (the spectrogram is made again for each statistic) so that
+        memory does not grow with the recording's length.
+        """
+        floor = max(float(block.max()) for block in self._blocks(wave, n_rows)) - 8.0
+        count = n_rows * self.n_mels
+        mean = sum(float(np.maximum(b, floor).sum()) for b in self._blocks(wave, n_rows)) / count
+        squares = (np.square(np.maximum(b, floor) - mean).sum() for b in self._blocks(wave, n_rows))
+        var = sum(float(q) for q in squares) / count
+        std = float(np.sqrt(var))
+        return floor, mean, std if std > 1e-3 else 1.0
+
+    def _n_rows(self, wave: np.ndarray, min_seconds: float) -> int:
+        """Spectrogram rows for `wave`, at least `min_seconds` long."""
+        need = max(wave.size, int(np.ceil(min_seconds * SAMPLE_RATE)))
+        return max(1, int(np.ceil(need / self.hop)))
+
     def log_mel(self, wave16k: np.ndarray, min_seconds: float = 0.0) -> np.ndarray:
         """Normalised log-mel (N, n_mels) float32 at 100 Hz; row j centred at (j + 0.5) * 10 ms.
 
-        The spectrogram is made in blocks of BLOCK_ROWS rows, so its transient memory does not
-        grow with the recording's length (whole-signal STFT arrays are ~100x the waveform).
+        Whole-signal STFT arrays are ~100x the waveform, so rows are made in blocks.
         """
         wave = np.asarray(wave16k).reshape(-1)
-        need = max(wave.size, int(np.ceil(min_seconds * SAMPLE_RATE)))
-        # Pad so that frame j spans original samples [j*hop - 120, j*hop + 280): centre (j+.5)*hop.
-        lead = self.win // 2 - self.hop // 2
-        n_frames = max(1, int(np.ceil(need / self.hop)))
-        total = (n_frames - 1) * self.hop + self.win
-        body = min(wave.size, max(0, total - lead))  # samples of `wave` inside the padding
-        logmel = np.empty((n_frames, self.n_mels), dtype=np.float64)  # (N, M)
-        for j0 in range(0, n_frames, BLOCK_ROWS):
-            j1 = min(n_frames, j0 + BLOCK_ROWS)
-            a, b = j0 * self.hop - lead, (j1 - 1) * self.hop + self.win - lead  # wave coords
-            segment = np.zeros(b - a, dtype=np.float64)
-            lo, hi = max(a, 0), min(b, body)
-            if hi > lo:
-                segment[lo - a : hi - a] = wave[lo:hi]
-            frames = np.lib.stride_tricks.sliding_window_view(segment, self.win)[:: self.hop]
-            frames = frames[: j1 - j0] * self._window  # (n, win)
-            power = np.abs(np.fft.rfft(frames, n=self.n_fft, axis=1)) ** 2  # (n, F)
-            np.log10(np.maximum(power @ self._fb.T, 1e-10), out=logmel[j0:j1])  # (n, M)
-        np.maximum(logmel, logmel.max() - 8.0, out=logmel)  # 80 dB dynamic range
-        logmel -= logmel.mean()
-        std = float(np.sqrt(np.einsum("ij,ij->", logmel, logmel) / logmel.size))
-        if std > 1e-3:
-            logmel /= std
-        return logmel.astype(np.float32)
+        n_rows = self._n_rows(wave, min_seconds)
+        floor, mean, scale = self._normaliser(wave, n_rows)
+        out = np.empty((n_rows, self.n_mels), dtype=np.float32)  # (N, M)
+        for j0 in range(0, n_rows, BLOCK_ROWS):
+            block = self._rows(wave, n_rows, j0, min(n_rows, j0 + BLOCK_ROWS))
+            out[j0 : j0 + len(block)] = (np.maximum(block, floor) - mean) / scale
+        return out
 
     def encode(self, wave16k: np.ndarray, num_frames: int, fps: float = 25) -> np.ndarray:
         """Features (num_frames, dim) float32; audio shorter than the video is padded with silence.
 
-        Returns (num_frames, dim).
+        Returns (num_frames, dim). The spectrogram is made block by block for blocks of video
+        frames and never held whole.
         """
         if num_frames < 0 or fps <= 0:
             raise ValueError("num_frames must be >= 0 and fps > 0")
         if num_frames == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        mel = self.log_mel(wave16k, min_seconds=num_frames / fps)  # (N, M)
+        wave = np.asarray(wave16k).reshape(-1)
+        n_rows = self._n_rows(wave, num_frames / fps)
+        floor, mean, scale = self._normaliser(wave, n_rows)
         rate = SAMPLE_RATE / self.hop  # 100 Hz
         out = np.empty((num_frames, self.dim), dtype=np.float32)  # (T, dim)
         step = max(1, BLOCK_ROWS // self.subframes)  # video frames per block
         for i0 in range(0, num_frames, step):
             count = min(step, num_frames - i0)
-            sub = _resample_to_frames(
-                mel, rate, 0.5 / rate, count, fps, self.subframes, first=i0
-            )  # (count, S, M)
+            pos = _frame_positions(n_rows, rate, 0.5 / rate, count, fps, self.subframes, i0)
+            r0, r1 = int(np.floor(pos.min())), min(n_rows, int(np.floor(pos.max())) + 2)
+            rows = (np.maximum(self._rows(wave, n_rows, r0, r1), floor) - mean) / scale
+            mel = rows.astype(np.float32)  # as log_mel returns them
+            sub = _interpolate_rows(mel, pos, r0).reshape(count, self.subframes, -1)
             out[i0 : i0 + count] = sub.reshape(count, -1) if self.flatten else sub.mean(axis=1)
         return out
 

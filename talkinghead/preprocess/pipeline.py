@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from talkinghead.media import MediaError, iter_frames, probe
-from talkinghead.preprocess.audio import audio_level_dbfs, encoder_from_name, load_audio
+from talkinghead.preprocess.audio import audio_level_dbfs, encoder_from_name, read_wav
 from talkinghead.preprocess.features import eye_openness, face_bbox, lips_bbox, mouth_openness
 from talkinghead.preprocess.ingest import (
     IngestLimits,
@@ -323,9 +323,8 @@ def _build(
     malloc_trim()
 
     encoder = encoder_from_name(config.audio_encoder, config.audio_encoder_path)
-    wave = load_audio(audio_path)
     offset = round(start / config.fps * 16000)
-    segment_wave = wave[offset : offset + round(n / config.fps * 16000)]
+    segment_wave = read_wav(audio_path, offset, round(n / config.fps * 16000))
     audio_features = encoder.encode(segment_wave, n, config.fps)
     progress("audio", 1.0)
 

@@ -163,3 +163,41 @@ def test_normalised_frames_report_unreadable_media(tmp_path: Path) -> None:
     with pytest.raises(MediaError) as info:
         list(normalised_frames(bad, (64, 64)))
     assert info.value.code == "unreadable_media"
+
+
+def test_read_wav_reads_a_stretch_like_load_audio(tmp_path: Path) -> None:
+    from talkinghead.media import synth_tone
+    from talkinghead.preprocess.audio import load_audio, read_wav
+
+    tone = synth_tone(tmp_path / "t.wav", seconds=2.0, frequency=300)
+    whole = load_audio(tone)
+    assert np.array_equal(read_wav(tone), whole)
+    assert np.array_equal(read_wav(tone, 1000, 5000), whole[1000:6000])
+    assert len(read_wav(tone, len(whole) - 10, 100)) == 10
+    video = synth_face_video(tmp_path / "v.mp4", seconds=1.0, size=64)  # not a WAV: decoded
+    assert read_wav(video, 0, 800).shape == (800,)
+
+
+def test_blockwise_log_mel_equals_the_whole_signal_formula() -> None:
+    from talkinghead.preprocess.audio import BLOCK_ROWS, LogMelEncoder
+
+    rng = np.random.default_rng(2)
+    seconds = 1.5 * BLOCK_ROWS / 100  # spans two blocks
+    envelope = np.repeat(rng.random(int(seconds * 10)), 1600)
+    wave = (rng.normal(size=envelope.size) * envelope).astype(np.float32)
+    enc = LogMelEncoder()
+    # The formula on the whole signal at once (what the encoder computed before blocks).
+    lead = enc.win // 2 - enc.hop // 2
+    n = int(np.ceil(wave.size / enc.hop))
+    padded = np.zeros((n - 1) * enc.hop + enc.win)
+    body = wave[: padded.size - lead]
+    padded[lead : lead + body.size] = body
+    frames = np.lib.stride_tricks.sliding_window_view(padded, enc.win)[:: enc.hop][:n]
+    power = np.abs(np.fft.rfft(frames * enc._window, n=enc.n_fft, axis=1)) ** 2
+    logmel = np.log10(np.maximum(power @ enc._fb.T, 1e-10))
+    logmel = np.maximum(logmel, logmel.max() - 8.0)
+    want = ((logmel - logmel.mean()) / logmel.std()).astype(np.float32)
+    got = enc.log_mel(wave)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    feats = enc.encode(wave, n // 4)  # 4 mel rows per 25 fps frame
+    assert np.abs(feats - got[: n // 4 * 4].reshape(-1, 4, enc.n_mels).mean(axis=1)).max() < 1e-5
