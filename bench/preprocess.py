@@ -1,9 +1,12 @@
 """Preprocessing speed and memory: real-time factor and peak RSS for 30 s and 120 s inputs.
 
 The input is the astronaut photo (scikit-image) rocking gently with a tone, at 512x512.
-Each run is a fresh child process, so its peak RSS (ru_maxrss from wait4) is its own. The
-baseline, measured in the same run on the same file, is a plain decode of every frame (the
-least any pass over the video costs), so the ratio is stable on a noisy machine.
+Each run is a fresh child process: its peak RSS is its own (ru_maxrss of RUSAGE_SELF); the
+ffmpeg processes it starts (decoder pipe, audio) are reported apart as the helper peak. CPU
+seconds are the child's and its helpers' user + system time: on a shared machine they say what
+the work costs when the wall time says how busy the cores were. The baseline, measured in the
+same run on the same file, is a plain decode of every frame (the least any pass over the video
+costs), so the ratio is stable on a noisy machine.
 
     python bench/preprocess.py --lengths 30,120 --size 512
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import sys, time
+import resource, sys, time
 from pathlib import Path
 from talkinghead.media import iter_frames
 from talkinghead.preprocess.pipeline import PreprocessConfig, preprocess_video
@@ -33,12 +36,15 @@ if mode == "decode":
     n = sum(1 for _ in iter_frames(video, 4096))
 else:
     n = preprocess_video(video, out, PreprocessConfig(size=size)).num_frames
-print(n, time.perf_counter() - t)
+wall = time.perf_counter() - t
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+helpers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(n, wall, own, helpers)
 """
 
 
-def run_child(mode: str, video: Path, out: Path, size: int) -> tuple[int, float, float]:
-    """Run one measurement in a child; returns frames, wall seconds, peak RSS in MiB."""
+def run_child(mode: str, video: Path, out: Path, size: int) -> dict[str, float]:
+    """One measurement in a child: frames, wall s, CPU s, own and helper peak RSS in MiB."""
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, mode, str(video), str(out), str(size)],
         stdout=subprocess.PIPE,
@@ -50,7 +56,13 @@ def run_child(mode: str, video: Path, out: Path, size: int) -> tuple[int, float,
     output = proc.stdout.read().split()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{mode} failed")
-    return int(output[0]), float(output[1]), usage.ru_maxrss / 1024
+    return {
+        "frames": int(output[0]),
+        "wall_s": float(output[1]),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mib": int(output[2]) / 1024,
+        "helper_rss_mib": int(output[3]) / 1024,
+    }
 
 
 def main() -> None:
@@ -64,6 +76,7 @@ def main() -> None:
     from talkinghead.media import synth_face_video
 
     rows = []
+    load = os.getloadavg()  # other work on the cores shows in the wall times, not in CPU s
     with tempfile.TemporaryDirectory(prefix="th-bench-pre-") as tmp:
         for seconds in [float(s) for s in args.lengths.split(",")]:
             clip_dir = Path(tmp) / f"clip{seconds:.0f}"
@@ -71,33 +84,40 @@ def main() -> None:
             clip_dir.mkdir()
             video = synth_face_video(clip_dir / "input.mp4", seconds=seconds, size=args.size)
             gen_s = time.perf_counter() - t0
-            frames, decode_s, decode_rss = run_child("decode", video, clip_dir / "x", args.size)
-            n, wall, rss = run_child("preprocess", video, clip_dir / "dataset", args.size)
+            decode = run_child("decode", video, clip_dir / "x", args.size)
+            run = run_child("preprocess", video, clip_dir / "dataset", args.size)
             rows.append(
                 {
                     "seconds": seconds,
-                    "frames": frames,
-                    "dataset_frames": n,
+                    "frames": decode["frames"],
+                    "dataset_frames": run["frames"],
                     "generate_s": round(gen_s, 1),
-                    "decode_s": round(decode_s, 2),
-                    "preprocess_s": round(wall, 2),
-                    "rtf": round(wall / seconds, 3),
-                    "vs_decode": round(wall / decode_s, 1),
-                    "peak_rss_mib": round(rss),
-                    "decode_peak_rss_mib": round(decode_rss),
+                    "decode_s": round(decode["wall_s"], 2),
+                    "preprocess_s": round(run["wall_s"], 2),
+                    "rtf": round(run["wall_s"] / seconds, 3),
+                    "cpu_s": round(run["cpu_s"], 1),
+                    "cpu_per_s": round(run["cpu_s"] / seconds, 3),
+                    "vs_decode": round(run["wall_s"] / decode["wall_s"], 1),
+                    "peak_rss_mib": round(run["rss_mib"]),
+                    "helper_peak_rss_mib": round(run["helper_rss_mib"]),
+                    "decode_peak_rss_mib": round(decode["rss_mib"]),
                 }
             )
             print(rows[-1], flush=True)
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; input {args.size}x{args.size}"
+        f"{platform.python_version()}; input {args.size}x{args.size}; load average at the "
+        f"start {load[0]:.1f}, at the end {os.getloadavg()[0]:.1f}"
     )
-    print("| input | wall s | s per s of video | vs plain decode | peak RSS MiB |")
-    print("|---|---|---|---|---|")
+    print(
+        "| input | wall s | s per s of video | CPU s per s of video | vs plain decode |"
+        " peak RSS MiB | ffmpeg helper peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['seconds']:.0f} s | {r['preprocess_s']} | {r['rtf']} | {r['vs_decode']}x |"
-            f" {r['peak_rss_mib']} |"
+            f"| {r['seconds']:.0f} s | {r['preprocess_s']} | {r['rtf']} | {r['cpu_per_s']} |"
+            f" {r['vs_decode']}x | {r['peak_rss_mib']} | {r['helper_peak_rss_mib']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
