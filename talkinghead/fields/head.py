@@ -84,7 +84,9 @@ class HeadField(nn.Module):
         self, x: Tensor, audio: Tensor, eye: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         f = self.spatial(x)
-        xa = self.audio_mlp(torch.cat([f, audio], dim=-1))
+        # tanh keeps the audio coordinate inside the audio grid: beyond its border the grid is
+        # constant, the coordinate gets no gradient and the audio path dies.
+        xa = torch.tanh(self.audio_mlp(torch.cat([f, audio], dim=-1)))
         g = self.audio_grid(xa)
         gate = torch.sigmoid(self.eye_gate(f))[:, 0]
         h = self.sigma_mlp(torch.cat([f, g, (eye * gate).unsqueeze(-1)], dim=-1))

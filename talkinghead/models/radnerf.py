@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -210,5 +211,20 @@ class RadNerf(nn.Module):
 
 
 def composite_over(rgba: Tensor, background: Tensor) -> Tensor:
-    """Premultiplied RGBA (..., 4) over an opaque background (..., 3) -> RGB."""
+    """Premultiplied RGBA (..., 4) over an opaque background (..., 3) -> RGB, floats in [0, 1]."""
     return rgba[..., :3] + (1.0 - rgba[..., 3:4]) * background
+
+
+def to_rgba8(rgba: Tensor) -> np.ndarray:
+    """Float premultiplied RGBA -> uint8 (the renderer's output format); colour <= alpha kept."""
+    q = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    q[..., :3] = torch.minimum(q[..., :3], q[..., 3:4])
+    return q.cpu().numpy()
+
+
+def over_background(rgba8: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """uint8 premultiplied RGBA over a uint8 background: where alpha is 255 the background
+    cannot show, bit for bit."""
+    alpha = rgba8[..., 3:4].astype(np.uint16)
+    rgb = rgba8[..., :3].astype(np.uint16) * 255 + (255 - alpha) * background.astype(np.uint16)
+    return ((rgb + 127) // 255).astype(np.uint8)

@@ -74,4 +74,3 @@ def composite(
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], 1), 1)
     weights = alpha * trans[:, :-1]
     return (weights[..., None] * rgb).sum(dim=1), weights.sum(dim=1), weights
-

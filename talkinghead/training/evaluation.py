@@ -10,12 +10,7 @@ import torch
 
 from talkinghead.data.frames import TrainingData
 from talkinghead.metrics import FaceMeter, FrameScores, lipsync_proxy, shuffled_order
-from talkinghead.models.radnerf import Conditions, RadNerf, composite_over
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """Float image in [0, 1] -> uint8 array."""
-    return (image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+from talkinghead.models.radnerf import Conditions, RadNerf, over_background, to_rgba8
 
 
 def frame_conditions(
@@ -40,14 +35,12 @@ def render_dataset_frames(
     """Rendered RGB uint8 frames of `ids` over the background plate, one at a time."""
     k = model.config.attention_window
     K = torch.from_numpy(data.K)
-    device = model.eye_scale.device
-    background = torch.from_numpy(data.background()).to(device).float() / 255.0
+    background = data.background()
     audio_ids = list(ids) if audio_ids is None else list(audio_ids)
     for lo in range(0, len(ids), batch):
         cond = frame_conditions(data, ids[lo : lo + batch], k, audio_ids[lo : lo + batch])
-        rgba = model.render_frames(cond, K, data.size)
-        for image in composite_over(rgba, background):
-            yield to_uint8(image)
+        for rgba in to_rgba8(model.render_frames(cond, K, data.size)):
+            yield over_background(rgba, background)
 
 
 def evaluate(model: RadNerf, data: TrainingData, limit: int = 0, seed: int = 0) -> dict[str, float]:

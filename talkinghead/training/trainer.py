@@ -171,7 +171,7 @@ class Trainer:
             as_img = lambda x: x.reshape(-1, p, p, 3).permute(0, 3, 1, 2)  # noqa: E731
             structural = 1.0 - ssim(as_img(pred), as_img(target))
             loss = loss + t.patch_weight * structural
-            logs["patch_1-ssim"] = float(structural)
+            logs["patch_1-ssim"] = float(structural.detach())
         return loss, logs
 
     def _torso_loss(self, batch: RayBatch, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
