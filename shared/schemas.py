@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-RENDERERS = ("still",)  # the families this build can train; `radnerf` lands with issue 4
-PRESETS = ("cpu-quick", "gpu-standard")
+# The families this build can train. `still` stays the default until radnerf avatars render.
+RendererName = Literal["still", "radnerf"]
+# Training presets: `tiny` is for tests and the CI demo (seconds-to-minutes on a CPU, low
+# quality), `cpu-quick` for CPU users, `gpu-standard` the paper's schedule on a GPU.
+PresetName = Literal["tiny", "cpu-quick", "gpu-standard"]
+RENDERERS: tuple[str, ...] = get_args(RendererName)
+PRESETS: tuple[str, ...] = get_args(PresetName)
 AvatarStatus = Literal[
     "queued", "ingesting", "preprocessing", "training", "exporting", "ready", "failed", "cancelled"
 ]
@@ -58,8 +63,12 @@ class AvatarCreate(StrictModel):
     upload_id: str = Field(min_length=1, max_length=40)
     consent: bool
     name: str = Field("", max_length=200)
-    renderer: Literal["still"] = "still"
-    preset: Literal["cpu-quick", "gpu-standard"] = "cpu-quick"
+    renderer: RendererName = Field("still", description="Renderer family to train.")
+    preset: PresetName = Field(
+        "cpu-quick",
+        description="Training preset: `tiny` (tests and the CI demo only), `cpu-quick`, "
+        "`gpu-standard`.",
+    )
     callback_url: str | None = Field(None, max_length=2000)
     metadata: Metadata = Field(default_factory=dict)
 

@@ -53,6 +53,7 @@ def _ref(model: type[Any]) -> dict[str, str]:
 
 def avatar_request_body() -> dict[str, Any]:
     """`openapi_extra` for `POST /v1/avatars`: a multipart upload or JSON naming an upload."""
+    fields = schemas.AvatarCreate.model_json_schema(ref_template=REF)["properties"]
     form = {
         "type": "object",
         "required": ["video", "consent"],
@@ -61,8 +62,8 @@ def avatar_request_body() -> dict[str, Any]:
             "video": {**_BINARY, "description": "The portrait video (mp4, mov, mkv, webm, ...)."},
             "consent": _CONSENT,
             "name": {"type": "string", "maxLength": 200},
-            "renderer": {"type": "string", "enum": list(schemas.RENDERERS)},
-            "preset": {"type": "string", "enum": list(schemas.PRESETS)},
+            "renderer": fields["renderer"],
+            "preset": fields["preset"],
             "callback_url": _CALLBACK,
             "metadata": _METADATA,
         },

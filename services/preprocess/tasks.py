@@ -11,7 +11,8 @@ from shared.storage import tenant_key
 from talkinghead.media import MediaError
 from talkinghead.preprocess.pipeline import PreprocessConfig, build_dataset
 
-PRESET_SIZES = {"cpu-quick": 256, "gpu-standard": 512}
+# Side of the stored dataset per preset; the trainer resizes to its own training resolution.
+PRESET_SIZES = {"tiny": 128, "cpu-quick": 256, "gpu-standard": 512}
 START, END = 0.05, 0.2
 
 

@@ -5,11 +5,27 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from services.runner import JobContext, stage_task
-from shared.db.models import Artifact, Render
+from shared.db.models import Artifact, Avatar, Render
 from shared.db.session import session_scope
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
 from talkinghead.media import MediaError, encode_still_with_audio, probe
+
+# Families this worker can render; a radnerf avatar trains and exports, and renders once
+# in-process rendering of it lands (issue 5).
+RENDERABLE = ("still",)
+
+
+def require_renderable(ctx: JobContext, rnd: Render) -> None:
+    """Fail with `renderer_unavailable` rather than render a family this worker cannot."""
+    with session_scope(ctx.settings.database_url) as s:
+        family = s.scalar(select(Avatar.renderer).where(Avatar.id == rnd.avatar_id))
+    if family is not None and family not in RENDERABLE:
+        raise JobError(
+            "renderer_unavailable",
+            f"rendering {family} avatars is not available in this version yet; "
+            "the avatar is kept and can be rendered once it is",
+        )
 
 
 @stage_task("talkinghead.render")
@@ -17,6 +33,7 @@ def render(ctx: JobContext) -> StepResult:
     """Probe the audio; fail with a stable code when it cannot be used."""
     rnd = ctx.resource()
     assert isinstance(rnd, Render)
+    require_renderable(ctx, rnd)
     audio = ctx.fetch(rnd.audio_key, "audio")
     try:
         info = probe(audio)
@@ -35,6 +52,7 @@ def encode(ctx: JobContext) -> StepResult:
     """Encode the avatar's renderer output with the audio: H.264 + AAC, tagged AI-generated."""
     rnd = ctx.resource()
     assert isinstance(rnd, Render)
+    require_renderable(ctx, rnd)
     with session_scope(ctx.settings.database_url) as s:
         still = s.scalar(
             select(Artifact.key).where(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.preprocess.tasks import artifact_key
 from services.runner import JobContext, stage_task
+from shared.db.models import Avatar
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
 from talkinghead.media import iter_frames, write_png
@@ -23,10 +24,26 @@ def _checkpoint_key(ctx: JobContext, frames: int) -> str:
     return tenant_key(ctx.job.tenant_id, "avatars", ctx.job.resource_id, "checkpoints", name)
 
 
+def _avatar(ctx: JobContext) -> Avatar:
+    avatar = ctx.resource()
+    assert isinstance(avatar, Avatar)
+    return avatar
+
+
 @stage_task("talkinghead.train_segment")
 def train(ctx: JobContext) -> StepResult:
     """Run one segment of training from the last checkpoint, then save a new one."""
-    ctx.resource()
+    avatar = _avatar(ctx)
+    if avatar.renderer == "radnerf":
+        # Imported here so that workers of other queues, and the Celery parent before it
+        # forks its pool, never load torch.
+        from services.trainer import radnerf
+
+        return radnerf.train_segment(ctx, avatar, TRAIN_START, TRAIN_END)
+    return _train_still(ctx)
+
+
+def _train_still(ctx: JobContext) -> StepResult:
     previous = ctx.job.state.get("checkpoint")
     state = StillState.from_bytes(ctx.store.get_bytes(previous)) if previous else StillState()
     source = ctx.fetch(normalised_video_key(ctx), "video.mp4")
@@ -50,8 +67,17 @@ def train(ctx: JobContext) -> StepResult:
 
 @stage_task("talkinghead.export")
 def export(ctx: JobContext) -> StepResult:
-    """Write the trained renderer and measure it against the first source frame."""
-    avatar = ctx.resource()
+    """Write the trained renderer and measure it."""
+    avatar = _avatar(ctx)
+    if avatar.renderer == "radnerf":
+        from services.trainer import radnerf
+
+        return radnerf.export(ctx, avatar)
+    return _export_still(ctx, avatar)
+
+
+def _export_still(ctx: JobContext, avatar: Avatar) -> StepResult:
+    """The mean frame as a PNG, measured against the first source frame."""
     state = StillState.from_bytes(ctx.store.get_bytes(ctx.job.state["checkpoint"]))
     image = mean_frame(state)
     out = ctx.workdir / "still.png"
