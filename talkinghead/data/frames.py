@@ -67,6 +67,7 @@ class TrainingData:
         self._cache: OrderedDict[int, Frame] = OrderedDict()
         self._cache_frames = cache_frames
         self._background: np.ndarray | None = None
+        self._weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Number of frames (train and val)."""
@@ -141,6 +142,18 @@ class TrainingData:
     def mean_translation(self) -> np.ndarray:
         """Mean head translation over the training frames."""
         return np.asarray(self.reader.poses[self.train_ids][:, :3, 3], np.float64).mean(0)
+
+    def sampling_weights(self, rare_eye_boost: float = 3.0) -> np.ndarray:
+        """Probabilities of drawing each training frame: blinks are rare, so frames whose eye
+        ratio is in the lowest decile are drawn `rare_eye_boost` times as often."""
+        if self._weights is None:
+            eye = np.asarray(self.reader.array("eye")[self.train_ids], np.float64)
+            finite = np.isfinite(eye)
+            w = np.ones(len(eye))
+            if finite.sum() >= 10:
+                w[finite & (eye <= np.percentile(eye[finite], 10))] = rare_eye_boost
+            self._weights = w / w.sum()
+        return self._weights
 
     def eye_scale(self) -> float:
         """1 / median eye ratio, so the eye input is about 1 when open."""

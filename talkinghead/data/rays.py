@@ -37,6 +37,11 @@ def _grow(box: np.ndarray, frac: float, size: int) -> np.ndarray:
     return np.clip(grown, 0, size)
 
 
+def _draw_frames(data: TrainingData, rng: np.random.Generator, n: int) -> np.ndarray:
+    ids = data.train_ids
+    return rng.choice(ids, size=n, replace=len(ids) < n, p=data.sampling_weights())
+
+
 def _in_box(rng: np.random.Generator, box: np.ndarray, n: int, size: int) -> np.ndarray:
     x = rng.uniform(box[0], box[2], n)
     y = rng.uniform(box[1], box[3], n)
@@ -87,7 +92,7 @@ def sample_rays(
     eye_fraction: float = 0.0,
 ) -> RayBatch:
     """`rays` rays over `frames` training frames; shares drawn in the head, lips and eye boxes."""
-    ids = rng.choice(data.train_ids, size=frames, replace=len(data.train_ids) < frames)
+    ids = _draw_frames(data, rng, frames)
     per = rays // frames
     pixels = []
     s = data.size
@@ -108,7 +113,7 @@ def sample_lips_patches(
     data: TrainingData, rng: np.random.Generator, frames: int, patch: int, k: int
 ) -> RayBatch:
     """One patch x patch square around the lips of each of `frames` training frames."""
-    ids = rng.choice(data.train_ids, size=frames, replace=len(data.train_ids) < frames)
+    ids = _draw_frames(data, rng, frames)
     s, pixels = data.size, []
     offs = np.stack(np.meshgrid(np.arange(patch), np.arange(patch), indexing="xy"), -1)
     for f in ids:

@@ -49,7 +49,7 @@ class HeadSamples:
     sigma: Tensor  # (N,) density
     rgb: Tensor  # (N, 3) in [0, 1]
     audio_coord: Tensor  # (N, D) the audio coordinate x_a (regularised outside the face)
-    eye_gate: Tensor  # (N,) how much the eye feature acts here (regularised outside the eyes)
+    eye_gate: Tensor  # (N,) size of the eye feature's effect here (regularised outside the eyes)
 
 
 class HeadField(nn.Module):
@@ -65,35 +65,33 @@ class HeadField(nn.Module):
         self.audio_grid = PlaneEncoder(config.audio_grid, init_scale=0.1)
         f_dim = self.spatial.out_dim
         self.audio_mlp = mlp(f_dim + config.audio_dim, config.hidden, config.audio_coord_dim, 3)
-        # Spatial attention for the eye feature: the eye ratio may only act where this is > 0.
-        self.eye_gate = nn.Linear(f_dim, 1)
-        self.sigma_mlp = mlp(
-            f_dim + self.audio_grid.out_dim + 1, config.hidden, 1 + self.GEO_DIM, 3
-        )
+        self.sigma_mlp = mlp(f_dim + self.audio_grid.out_dim, config.hidden, 1 + self.GEO_DIM, 3)
         self.color_mlp = mlp(self.GEO_DIM + config.latent_dim, config.hidden, 3, 2)
+        # The eye feature e enters as a colour change e x v(f), with e the offset from the open
+        # eye. A blink is mostly a colour change (the lid over the eye white). Being linear in
+        # e, it is exactly zero for open eyes, and it cannot saturate: a sigmoid gate on e died
+        # early in training, when blink frames first pushed it down everywhere.
+        self.eye_mlp = mlp(f_dim, 16, 3, 2)
 
     def grid_parameters(self) -> list[nn.Parameter]:
         """Feature grids (their own, higher learning rate)."""
         return [*self.spatial.parameters(), *self.audio_grid.parameters()]
 
-    def density(self, x: Tensor, audio: Tensor, eye: Tensor) -> Tensor:
+    def density(self, x: Tensor, audio: Tensor) -> Tensor:
         """Density only (for the occupancy grid)."""
-        return self._trunk(x, audio, eye)[0]
+        return self._trunk(x, audio)[0]
 
-    def _trunk(
-        self, x: Tensor, audio: Tensor, eye: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _trunk(self, x: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         f = self.spatial(x)
         # tanh keeps the audio coordinate inside the audio grid: beyond its border the grid is
         # constant, the coordinate gets no gradient and the audio path dies.
         xa = torch.tanh(self.audio_mlp(torch.cat([f, audio], dim=-1)))
-        g = self.audio_grid(xa)
-        gate = torch.sigmoid(self.eye_gate(f))[:, 0]
-        h = self.sigma_mlp(torch.cat([f, g, (eye * gate).unsqueeze(-1)], dim=-1))
-        return trunc_exp(h[:, 0] - 1.0), h[:, 1:], xa, gate
+        h = self.sigma_mlp(torch.cat([f, self.audio_grid(xa)], dim=-1))
+        return trunc_exp(h[:, 0] - 1.0), h[:, 1:], xa, f
 
     def forward(self, x: Tensor, audio: Tensor, eye: Tensor, latent: Tensor) -> HeadSamples:
-        """Query points x (N, 3) in [-1, 1]^3 with per-point audio code, eye ratio and latent."""
-        sigma, geo, xa, gate = self._trunk(x, audio, eye)
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, latent], dim=-1)))
-        return HeadSamples(sigma, rgb, xa, gate)
+        """Query points x (N, 3) in [-1, 1]^3 with per-point audio code, eye offset and latent."""
+        sigma, geo, xa, f = self._trunk(x, audio)
+        eye_delta = eye.unsqueeze(-1) * self.eye_mlp(f)
+        rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, latent], dim=-1)) + eye_delta)
+        return HeadSamples(sigma, rgb, xa, eye_delta.abs().sum(-1))

@@ -92,10 +92,13 @@ class RadNerf(nn.Module):
         return self.audio(audio.to(self.eye_scale.dtype))
 
     # -- head -------------------------------------------------------------------------
-    def density(self, points: Tensor, audio_code: Tensor, eye: Tensor) -> Tensor:
-        """Density at points (N, 3) under one audio code (A,) and eye ratio (scalar tensor)."""
-        n = len(points)
-        return self.head.density(points, audio_code.expand(n, -1), eye.expand(n) * self.eye_scale)
+    def eye_offset(self, eye: Tensor) -> Tensor:
+        """Eye ratio relative to the open eye: about 0 open, about -1 closed."""
+        return eye * self.eye_scale - 1.0
+
+    def density(self, points: Tensor, audio_code: Tensor) -> Tensor:
+        """Density at points (N, 3) under one audio code (A,); the eyes only change colour."""
+        return self.head.density(points, audio_code.expand(len(points), -1))
 
     def render_head(
         self,
@@ -131,7 +134,7 @@ class RadNerf(nn.Module):
         out = self.head(
             samples.points[rays].reshape(-1, 3),
             audio_code[frame],
-            eye[frame] * self.eye_scale,
+            self.eye_offset(eye[frame]),
             latent[frame],
         )
         hit = samples.hit[rays]

@@ -161,7 +161,11 @@ class Trainer:
         dyn = (out.audio_l1 * outside_face).sum() / outside_face.sum().clamp(min=1)
         eye = (out.eye_gate * outside_eyes).sum() / outside_eyes.sum().clamp(min=1)
         ent = alpha_entropy(out.acc)
-        loss = mse + t.entropy_weight * ent + t.dynamic_weight * dyn + t.eye_weight * eye
+        # The eye regulariser waits until half-way through the head stage: from the start it
+        # silences the eye feature everywhere before the rare blink frames have taught it.
+        frac = min(1.0, self.state.step / max(1, t.head_steps))
+        eye_w = t.eye_weight * min(1.0, max(0.0, (frac - 0.5) / 0.25))
+        loss = mse + t.entropy_weight * ent + t.dynamic_weight * dyn + eye_w * eye
         logs = {
             k: float(v.detach())
             for k, v in (("mse", mse), ("entropy", ent), ("dynamic", dyn), ("eye", eye))
@@ -190,18 +194,17 @@ class Trainer:
         mse = F.mse_loss(pred, self._tensor(batch.target))
         ent = alpha_entropy(alpha)
         loss = mse + self.config.train.entropy_weight * ent
-        return loss, {"mse": float(mse), "entropy": float(ent)}
+        return loss, {"mse": float(mse.detach()), "entropy": float(ent.detach())}
 
     def _update_occupancy(self, rng: np.random.Generator, gen: torch.Generator) -> None:
         t, k = self.config.train, self.config.model.attention_window
         frame = int(rng.choice(self.data.train_ids))
         with torch.no_grad():
             code = self.model.audio_code(self._tensor(self.data.audio(frame, k)[None]))[0]
-            eye = torch.tensor(self.data.eye(frame), device=self.device)
             fraction = 0.25
 
             def density(points: Tensor) -> Tensor:
-                return self.model.density(points.to(self.device), code, eye)
+                return self.model.density(points.to(self.device), code)
 
             self.model.occupancy.update(density, t.occupancy_decay, fraction, gen)
 
