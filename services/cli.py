@@ -268,6 +268,9 @@ def train(
     preset: Annotated[str, typer.Option(help="tiny, cpu-quick or gpu-standard.")] = "cpu-quick",
     steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Score the held-out frames at the end.")] = True,
+    lpips: Annotated[
+        Path | None, typer.Option(help="LPIPS TorchScript file for the lips stage.")
+    ] = None,
 ) -> None:
     """Train a RAD-NeRF avatar on a dataset; resumes from the workdir's checkpoint."""
     from talkinghead.configs import preset as load_preset
@@ -276,7 +279,7 @@ def train(
 
     try:
         config = load_preset(preset)
-        trainer = Trainer(dataset, workdir, config)
+        trainer = Trainer(dataset, workdir, config, lpips_path=lpips)
     except ValueError as exc:
         _fail("bad_request", str(exc))
     start = trainer.state.step
@@ -298,7 +301,7 @@ def train(
     typer.echo(f"ran {ran} steps ({start} -> {trainer.state.step} of {trainer.total_steps})")
     if evaluate and trainer.done:
         with trainer.ema.applied():
-            _print_json(score(trainer.model, trainer.data))
+            _print_json(score(trainer.model, trainer.data, limit=config.train.eval_frames))
 
 
 # -- platform verbs ---------------------------------------------------------------------------

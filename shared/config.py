@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path | None = Field(None, description="Local object-store root.")
+    lpips_path: Path | None = Field(
+        None, description="Optional LPIPS TorchScript file for the lips stage (else 1 - SSIM)."
+    )
     s3_endpoint_url: str | None = None
     s3_bucket: str = "talkinghead"
     s3_region: str = "us-east-1"

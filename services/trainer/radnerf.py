@@ -90,7 +90,7 @@ def extract_dataset(ctx: JobContext) -> Path:
 def resume_trainer(ctx: JobContext, config: RadNerfConfig, dataset: Path) -> Trainer:
     """A Trainer in a fresh run dir, loaded from the checkpoint the job state names."""
     run_dir = ctx.workdir / "run"
-    trainer = Trainer(dataset, run_dir, config)
+    trainer = Trainer(dataset, run_dir, config, lpips_path=ctx.settings.lpips_path)
     previous = ctx.job.state.get("checkpoint")
     if previous:
         local = ctx.fetch(previous, "resume.pt")

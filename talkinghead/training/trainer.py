@@ -58,6 +58,20 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**63)
 
 
+def load_lpips(path: Path, device: torch.device) -> torch.nn.Module:
+    """An LPIPS network from a local TorchScript file: (B,3,H,W) pairs in [-1, 1] -> distances.
+
+    No LPIPS weights can be downloaded at run time, so the lips stage uses 1 - SSIM unless an
+    operator exports LPIPS (e.g. `torch.jit.script(lpips.LPIPS(net="alex"))`) to a file.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"LPIPS model {path} does not exist")
+    module = torch.jit.load(str(path), map_location=device).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 class Trainer:
     """Train one avatar from a dataset directory; checkpoints live in `workdir`."""
 
@@ -68,6 +82,7 @@ class Trainer:
         config: RadNerfConfig,
         device: torch.device | None = None,
         family: str = "radnerf",
+        lpips_path: Path | None = None,
     ) -> None:
         self.config = config
         self.family = family
@@ -105,6 +120,7 @@ class Trainer:
         }
         self.state = TrainState()
         self.K = torch.from_numpy(self.data.K).to(self.device)
+        self._lpips = load_lpips(lpips_path, self.device) if lpips_path else None
         if (self.workdir / CHECKPOINT).exists():
             self.load(self.workdir / CHECKPOINT)
 
@@ -173,9 +189,12 @@ class Trainer:
         if batch.patch:
             p = batch.patch
             as_img = lambda x: x.reshape(-1, p, p, 3).permute(0, 3, 1, 2)  # noqa: E731
-            structural = 1.0 - ssim(as_img(pred), as_img(target))
+            if self._lpips is not None:  # the paper's LPIPS, when an operator provides one
+                structural = self._lpips(as_img(pred) * 2 - 1, as_img(target) * 2 - 1).mean()
+            else:
+                structural = 1.0 - ssim(as_img(pred), as_img(target))
             loss = loss + t.patch_weight * structural
-            logs["patch_1-ssim"] = float(structural.detach())
+            logs["patch"] = float(structural.detach())
         return loss, logs
 
     def _torso_loss(self, batch: RayBatch, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
@@ -310,7 +329,12 @@ class Trainer:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         if ckpt.get("format") != 1:
             raise ValueError(f"{path} is not a checkpoint this trainer can resume")
-        if ckpt["config"] != self.config.to_dict():
+        try:
+            # Through from_dict, so a field added later with a default still matches.
+            same = RadNerfConfig.from_dict(ckpt["config"]) == self.config
+        except (KeyError, TypeError):
+            same = False
+        if not same:
             raise ValueError("the checkpoint was trained with a different configuration")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -172,3 +172,26 @@ def test_training_is_device_agnostic_on_cpu(
     trainer.run(3)
     assert all(p.device.type == "cpu" for p in trainer.model.parameters())
     assert not math.isnan(trainer.state.losses[-1]["mse"])
+
+
+class _FakeLpips(torch.nn.Module):
+    """Stands in for an operator's exported LPIPS: same signature, a recognisable value."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).abs().mean(dim=(1, 2, 3)) * 0.0 + 0.125
+
+
+def test_lips_stage_uses_an_lpips_model_from_a_local_path(
+    synthetic_dataset: tuple[object, Path], tmp_path: Path
+) -> None:
+    _, dataset = synthetic_dataset
+    path = tmp_path / "lpips.pt"
+    torch.jit.script(_FakeLpips()).save(str(path))
+    base = _small_config()
+    config = replace(base, train=replace(base.train, head_steps=0, lips_steps=3))  # type: ignore[type-var]
+    trainer = Trainer(dataset, tmp_path / "run", config, lpips_path=path)
+    report = trainer.train_step()
+    assert report.stage == "lips"
+    assert report.losses["patch"] == pytest.approx(0.125)  # the module's value, not 1 - SSIM
+    with pytest.raises(ValueError, match="does not exist"):
+        Trainer(dataset, tmp_path / "run2", config, lpips_path=tmp_path / "missing.pt")
