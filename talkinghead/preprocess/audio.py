@@ -122,26 +122,6 @@ def _interpolate_rows(feats: np.ndarray, pos: np.ndarray, row0: int = 0) -> np.n
     return feats[lo - row0] * (1.0 - w) + feats[hi - row0] * w  # (K, D)
 
 
-def _resample_to_frames(
-    feats: np.ndarray,
-    rate: float,
-    offset: float,
-    num_frames: int,
-    fps: float,
-    subframes: int,
-    first: int = 0,
-) -> np.ndarray:
-    """Linear interpolation of (N, D) features at `subframes` instants inside each video frame.
-
-    Feature row j is centred at time `offset + j / rate` seconds; the sample instants of video
-    frame i are `(i + (k + 0.5) / subframes) / fps`, k < subframes. Returns (T, subframes, D)
-    for video frames [first, first + num_frames).
-    """
-    n, d = feats.shape
-    pos = _frame_positions(n, rate, offset, num_frames, fps, subframes, first)
-    return _interpolate_rows(feats, pos).reshape(num_frames, subframes, d)
-
-
 def _mel_filterbank(n_mels: int, n_fft: int, sr: int, fmin: float, fmax: float) -> np.ndarray:
     """Triangular HTK-mel filters with Slaney area normalisation, shape (n_mels, n_fft // 2 + 1)."""
 
@@ -273,10 +253,24 @@ class LogMelEncoder:
 
 
 class PretrainedSpeechEncoder:
-    """HuBERT / wav2vec2 hidden states from a local `transformers` checkpoint (never downloads)."""
+    """HuBERT / wav2vec2 hidden states from a local `transformers` checkpoint (never downloads).
+
+    The checkpoint directory holds what `save_pretrained` writes for the model (config.json and
+    weights) and its feature extractor (preprocessor_config.json). The conv feature encoder's
+    own geometry sets the state rate (stride 320 samples, 50 Hz, for HuBERT/wav2vec2): state j
+    covers samples [j * stride, j * stride + field). Each video frame averages the states at
+    2 instants inside it (at 25 fps: the 2 states of its 40 ms). Audio is run in chunks of
+    `chunk_seconds` with `context_seconds` of neighbouring audio each side, so memory is
+    bounded for long recordings and no chunk edge shifts the states.
+    """
 
     def __init__(
-        self, path: Path | None, layer: int = -1, chunk_seconds: float = 20.0, device: str = "cpu"
+        self,
+        path: Path | None,
+        layer: int = -1,
+        chunk_seconds: float = 20.0,
+        context_seconds: float = 2.0,
+        device: str = "cpu",
     ) -> None:
         """Load the model and feature extractor from `path` with `local_files_only=True`."""
         if path is None:
@@ -287,6 +281,8 @@ class PretrainedSpeechEncoder:
         path = Path(path)
         if not path.is_dir():
             raise ValueError(f"pretrained audio encoder path {path} is not a directory")
+        if chunk_seconds <= 0 or context_seconds < 0:
+            raise ValueError("chunk_seconds must be > 0 and context_seconds >= 0")
         try:
             import torch
             from transformers import AutoFeatureExtractor, AutoModel
@@ -302,46 +298,100 @@ class PretrainedSpeechEncoder:
                 str(path), local_files_only=True
             )
             self._model: Any = AutoModel.from_pretrained(str(path), local_files_only=True)
-        except OSError as exc:
-            raise ValueError(f"cannot load a speech model from {path}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot load a speech model from {path} (it needs config.json, the weights and "
+                f"preprocessor_config.json, as save_pretrained writes them): {exc}"
+            ) from exc
+        config = self._model.config
+        kernels, strides = (
+            getattr(config, "conv_kernel", None),
+            getattr(config, "conv_stride", None),
+        )
+        if not kernels or not strides or len(kernels) != len(strides):
+            raise ValueError(
+                f"{path} holds a {type(self._model).__name__}, not a wav2vec2-style speech "
+                "model with a conv feature encoder (conv_kernel / conv_stride)"
+            )
+        rate = getattr(self._extractor, "sampling_rate", SAMPLE_RATE)
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"{path} expects {rate} Hz audio; this encoder feeds {SAMPLE_RATE} Hz")
+        self._convs = [(int(k), int(s)) for k, s in zip(kernels, strides, strict=True)]
+        self.stride, self.field = 1, 1  # samples per state (320), samples each state sees (400)
+        for kernel, stride in self._convs:
+            self.field += (kernel - 1) * self.stride
+            self.stride *= stride
         self._model.eval().to(device)
+        if device == "cpu":
+            self._model.float()  # fp16/bf16 checkpoints: CPU kernels want float32
         self._device = device
         self.layer = layer
         self.chunk_seconds = chunk_seconds
+        self.context_seconds = context_seconds
         self.name = f"pretrained:{path.name}"
-        self.dim = int(self._model.config.hidden_size)
-        # Conv feature encoders of HuBERT/wav2vec2 stride 320 samples: 50 Hz.
-        self._stride = 320
+        self.dim = int(config.hidden_size)
+
+    def _num_states(self, samples: int) -> int:
+        """States the conv feature encoder makes from `samples` samples (0 if too short)."""
+        n = samples
+        for kernel, stride in self._convs:
+            n = (n - kernel) // stride + 1 if n >= kernel else 0
+        return n
 
     def _hidden(self, wave: np.ndarray) -> np.ndarray:
-        """Hidden states (N, dim) at 50 Hz for one chunk."""
+        """Hidden states (N, dim) float32 of one piece of audio, N = _num_states(len(wave))."""
         torch = self._torch
         inputs = self._extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        inputs = {k: v.to(self._device) for k, v in inputs.items()}
+        dtype = self._model.dtype
+        inputs = {
+            k: v.to(self._device, dtype if v.is_floating_point() else v.dtype)
+            for k, v in inputs.items()
+        }
         with torch.inference_mode():
             out = self._model(**inputs, output_hidden_states=self.layer != -1)
         states = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
-        return states[0].float().cpu().numpy()
+        return np.asarray(states[0].float().cpu().numpy(), dtype=np.float32)
+
+    def _states(self, wave: np.ndarray, s0: int, s1: int, total: int) -> np.ndarray:
+        """States [s0, s1) of the zero-padded `total`-sample signal, with context each side."""
+        context = int(self.context_seconds * SAMPLE_RATE) // self.stride
+        a = max(0, s0 - context)
+        n_states = self._num_states(total)
+        b = min(n_states, s1 + context)
+        lo, hi = a * self.stride, (b - 1) * self.stride + self.field  # samples of states [a, b)
+        if b == n_states:
+            hi = total  # the tail that makes no state of its own still counts in normalisation
+        piece = np.zeros(hi - lo, dtype=np.float32)
+        have = wave[lo : min(hi, wave.size)]
+        piece[: have.size] = have
+        states = self._hidden(piece)  # (b - a, dim)
+        return states[s0 - a : s1 - a]
 
     def encode(self, wave16k: np.ndarray, num_frames: int, fps: float = 25) -> np.ndarray:
-        """Features (num_frames, dim) float32, chunked so that memory is bounded for long audio."""
+        """Features (num_frames, dim) float32; audio shorter than the video is padded with silence.
+
+        Video frames are encoded in blocks of `chunk_seconds`; only one block's states are held.
+        """
+        if num_frames < 0 or fps <= 0:
+            raise ValueError("num_frames must be >= 0 and fps > 0")
         if num_frames == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         wave = np.asarray(wave16k, dtype=np.float32).reshape(-1)
         need = int(np.ceil(num_frames / fps * SAMPLE_RATE))
-        if wave.size < need:
-            wave = np.pad(wave, (0, need - wave.size))
-        chunk = int(self.chunk_seconds * SAMPLE_RATE) // self._stride * self._stride
-        parts = []
-        for start in range(0, wave.size, chunk):
-            piece = wave[start : start + chunk]
-            if piece.size < 400:  # shorter than the conv receptive field
-                piece = np.pad(piece, (0, 400 - piece.size))
-            parts.append(self._hidden(piece)[: max(1, int(np.ceil(piece.size / self._stride)))])
-        hidden = np.concatenate(parts, axis=0)  # (N, dim)
-        rate = SAMPLE_RATE / self._stride
-        sub = _resample_to_frames(hidden, rate, 0.5 / rate, num_frames, fps, 2)
-        return np.ascontiguousarray(sub.mean(axis=1), dtype=np.float32)
+        total = max(wave.size, need, self.field)
+        n_states = self._num_states(total)
+        rate = SAMPLE_RATE / self.stride  # 50 Hz
+        offset = 0.5 / rate  # state j stands for samples [j * stride, (j + 1) * stride)
+        out = np.empty((num_frames, self.dim), dtype=np.float32)  # (T, dim)
+        step = max(1, int(self.chunk_seconds * fps))  # video frames per block
+        for i0 in range(0, num_frames, step):
+            count = min(step, num_frames - i0)
+            pos = _frame_positions(n_states, rate, offset, count, fps, 2, i0)  # (count * 2,)
+            s0, s1 = int(np.floor(pos.min())), min(n_states, int(np.floor(pos.max())) + 2)
+            states = self._states(wave, s0, s1, total)  # (s1 - s0, dim)
+            sub = _interpolate_rows(states, pos, s0).reshape(count, 2, self.dim)
+            out[i0 : i0 + count] = sub.mean(axis=1)
+        return out
 
 
 def encoder_from_name(name: str = "logmel", path: Path | None = None) -> AudioEncoder:
@@ -352,8 +402,8 @@ def encoder_from_name(name: str = "logmel", path: Path | None = None) -> AudioEn
     if key in ("pretrained", "hubert", "wav2vec2"):
         if path is None:
             raise ValueError(
-                f"audio encoder {name!r} needs a local model path (e.g. TH_AUDIO_ENCODER_PATH); "
-                "nothing is ever downloaded"
+                f"audio encoder {name!r} needs a local model path "
+                "(PreprocessConfig.audio_encoder_path); nothing is ever downloaded"
             )
         return PretrainedSpeechEncoder(path)
     raise ValueError(f"unknown audio encoder {name!r}; choose 'logmel' or 'pretrained'")
