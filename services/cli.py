@@ -236,6 +236,10 @@ def preprocess(
     video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Portrait video.")],
     out: Annotated[Path, typer.Option("--out", help="Dataset directory to write.")],
     size: Annotated[int, typer.Option(min=64, max=2048, help="Square crop side in pixels.")] = 512,
+    audio_encoder: Annotated[
+        Path | None,
+        typer.Option(help="Local HuBERT/wav2vec2 checkpoint dir (default: built-in log-mel)."),
+    ] = None,
 ) -> None:
     """Turn a portrait video into a training dataset (no server needed)."""
     from talkinghead.media import MediaError
@@ -254,7 +258,12 @@ def preprocess(
             progress.update(task, completed=fraction, description=f"preprocess: {stage}")
 
         try:
-            manifest = preprocess_video(video, out, PreprocessConfig(size=size), report)
+            config = PreprocessConfig(
+                size=size,
+                audio_encoder="pretrained" if audio_encoder else "logmel",
+                audio_encoder_path=audio_encoder,
+            )
+            manifest = preprocess_video(video, out, config, report)
         except MediaError as exc:
             _fail(exc.code, exc.message)
     typer.echo(f"dataset with {manifest.num_frames} frames in {out}")

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
 
     storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path | None = Field(None, description="Local object-store root.")
+    audio_encoder_path: Path | None = Field(
+        None,
+        description="Local HuBERT/wav2vec2 checkpoint directory for audio features "
+        "(else the built-in log-mel encoder; nothing is downloaded).",
+    )
     lpips_path: Path | None = Field(
         None, description="Optional LPIPS TorchScript file for the lips stage (else 1 - SSIM)."
     )

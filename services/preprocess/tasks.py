@@ -33,6 +33,8 @@ def preprocess(ctx: JobContext) -> StepResult:
     config = PreprocessConfig(
         size=PRESET_SIZES.get(avatar.preset, 256),  # type: ignore[union-attr]
         min_segment_s=ctx.settings.min_video_s,
+        audio_encoder="pretrained" if ctx.settings.audio_encoder_path else "logmel",
+        audio_encoder_path=ctx.settings.audio_encoder_path,
     )
     stages = {
         "tracking": (0.0, 0.4),

@@ -21,6 +21,9 @@ from talkinghead.synthetic import envelope, speech
 from talkinghead.training.trainer import CHECKPOINT, Trainer
 from tests.fixtures.avatars import TrainedAvatar
 
+# The first test to ask for the shared avatar pays for its training (minutes on 2 cores).
+pytestmark = pytest.mark.timeout(1800)
+
 
 def test_heldout_error_falls_during_training(trained_avatar: TrainedAvatar) -> None:
     assert trained_avatar.final_psnr > trained_avatar.early_psnr + 1.0
@@ -112,6 +115,8 @@ def _small_config() -> object:
 _CHILD = """
 import sys
 from pathlib import Path
+import torch
+torch.set_num_threads(1)
 from tests.unit.test_radnerf_training import _small_config
 from talkinghead.training.trainer import Trainer
 t = Trainer(Path(sys.argv[1]), Path(sys.argv[2]), _small_config())
@@ -124,6 +129,17 @@ def test_killed_run_resumes_with_only_the_remaining_steps_and_same_weights(
 ) -> None:
     _, dataset = synthetic_dataset
     config = _small_config()
+    # One intra-op thread in both processes: multi-threaded CPU kernels sum in varying order,
+    # so two uninterrupted runs differ too; with deterministic kernels a resume is bit-exact.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _kill_and_resume(dataset, config, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kill_and_resume(dataset: Path, config: object, tmp_path: Path) -> None:
     reference = Trainer(dataset, tmp_path / "reference", config)  # type: ignore[arg-type]
     assert reference.run() == reference.total_steps
     # The same run in another process, killed with SIGKILL once it is past a checkpoint.
