@@ -168,7 +168,13 @@ def test_trainer_steps_reduce_the_loss(dataset: Path, tmp_path: Path) -> None:
     from talkinghead.training.trainer import Trainer
 
     config = preset(
-        "tiny", head_steps=8, lips_steps=0, torso_steps=0, rays_per_step=64, frames_per_step=1
+        "tiny",
+        head_steps=8,
+        lips_steps=0,
+        torso_steps=0,
+        rays_per_step=64,
+        frames_per_step=1,
+        resolution=64,
     )
     trainer = Trainer(dataset, tmp_path, config, torch.device("cpu"), family="baseline")
     assert isinstance(trainer.model, BaselineNerf)
