@@ -8,7 +8,8 @@ from shared.db.models import Avatar
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
 from talkinghead.media import iter_frames, write_png
-from talkinghead.models.still import MAX_SIDE, StillState, mean_frame, psnr, train_segment
+from talkinghead.metrics import psnr
+from talkinghead.models.still import MAX_SIDE, StillState, mean_frame, train_segment
 
 TRAIN_START, TRAIN_END = 0.2, 0.9
 

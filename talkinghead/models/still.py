@@ -56,9 +56,3 @@ def mean_frame(state: StillState) -> np.ndarray:
     if state.total is None or state.count == 0:
         raise ValueError("no frames were seen")
     return np.clip(np.rint(state.total / state.count), 0, 255).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB between two uint8 images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

@@ -10,12 +10,11 @@ import numpy as np
 N_LANDMARKS = 478
 
 
-@dataclass(frozen=True)
-class FaceObservation:
-    """One detected face: landmarks in pixel units and their bounding box."""
+class BoxGeometry:
+    """Area and centre of a `bbox` (x0, y0, x1, y1 in pixels), shared by face records."""
 
-    points: np.ndarray  # (478, 3) float32: x, y in image pixels, z = mediapipe z * image width
-    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+    __slots__ = ()
+    bbox: tuple[float, float, float, float]
 
     @property
     def area(self) -> float:
@@ -28,6 +27,14 @@ class FaceObservation:
         """Bounding-box centre in pixels."""
         x0, y0, x1, y1 = self.bbox
         return (0.5 * (x0 + x1), 0.5 * (y0 + y1))
+
+
+@dataclass(frozen=True)
+class FaceObservation(BoxGeometry):
+    """One detected face: landmarks in pixel units and their bounding box."""
+
+    points: np.ndarray  # (478, 3) float32: x, y in image pixels, z = mediapipe z * image width
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
 def observation_from_points(points: np.ndarray) -> FaceObservation:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from talkinghead.preprocess.landmarks import N_LANDMARKS, FaceObservation
+from talkinghead.preprocess.landmarks import N_LANDMARKS, BoxGeometry, FaceObservation
 
 # Rigid, expression-stable landmarks (eye corners, nose, forehead, cheekbones) used for the
 # identity descriptor: distances between them describe the face's proportions, not its mood.
@@ -43,23 +43,11 @@ class Boxed(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class FaceBox:
+class FaceBox(BoxGeometry):
     """A face's box only; `row` says where its landmarks are kept (e.g. a RowSpool row)."""
 
     bbox: tuple[float, float, float, float]
     row: int
-
-    @property
-    def area(self) -> float:
-        """Bounding-box area in square pixels."""
-        x0, y0, x1, y1 = self.bbox
-        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
-
-    @property
-    def center(self) -> tuple[float, float]:
-        """Bounding-box centre in pixels."""
-        x0, y0, x1, y1 = self.bbox
-        return (0.5 * (x0 + x1), 0.5 * (y0 + y1))
 
 
 @dataclass
