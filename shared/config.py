@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     segment_frames: int = Field(50, ge=1, description="Frames per bounded training segment.")
     task_delay_s: float = Field(0.0, ge=0, description="Test hook: sleep per segment.")
 
+    render_backend: Literal["inprocess", "triton"] = Field(
+        "inprocess", description="Where render workers run the renderer: here, or Triton."
+    )
+    triton_url: str = Field("127.0.0.1:8000", description="host:port of Triton (HTTP or gRPC).")
+    triton_protocol: Literal["http", "grpc"] = "http"
+    avatar_cache_size: int = Field(4, ge=1, description="Avatars kept loaded per renderer.")
+    render_batch_frames: int = Field(8, ge=1, le=16, description="Frames per inference request.")
+    max_audio_s: float = Field(600.0, gt=0, description="Longest speech a render accepts.")
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads per torch worker process; 0 keeps torch's default."
+    )
+
     worker_concurrency: int = Field(1, ge=1)
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the endpoint.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -68,7 +68,7 @@ def _validate_key(key: str, *, allow_prefix: bool = False) -> str:
     return key
 
 
-def _validate_part(part: str) -> str:
+def validate_part(part: str) -> str:
     """One path segment of a key: non-empty, no separators, no traversal."""
     if part in ("", ".", "..") or part.startswith(_TMP_PREFIX) or any(c in part for c in "/\\\x00"):
         raise ValueError(f"invalid key part {part!r}")
@@ -77,7 +77,7 @@ def _validate_part(part: str) -> str:
 
 def tenant_key(tenant_id: str, *parts: str) -> str:
     """The key `tenants/{tenant_id}/{parts...}`, every segment validated."""
-    segments = [_validate_part(tenant_id), *(_validate_part(p) for p in parts)]
+    segments = [validate_part(tenant_id), *(validate_part(p) for p in parts)]
     return "/".join(["tenants", *segments])
 
 
@@ -700,4 +700,5 @@ __all__ = [
     "S3ObjectStore",
     "build_store",
     "tenant_key",
+    "validate_part",
 ]

@@ -58,6 +58,13 @@ WEBHOOK_DELIVERIES = Counter(
 RECONCILER_ACTIONS = Counter(
     "th_reconciler_actions_total", "Jobs the reconciler re-enqueued, by reason", ["reason"]
 )
+RENDER_FRAMES = Counter("th_render_frames_total", "Frames rendered by render workers (any backend)")
+RENDER_FIRST_FRAME = Histogram(
+    "th_render_first_frame_seconds",
+    "Time from a render's creation to its first rendered frame",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+TRAIN_STEPS = Counter("th_train_steps_total", "Training steps run by trainer workers")
 # Scrape-time gauges are filled by the API's collectors; `livesum` keeps one value per series.
 JOBS_BY_STATE = Gauge(
     "th_jobs", "Jobs by kind and state", ["kind", "state"], multiprocess_mode="livemax"

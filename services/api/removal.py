@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.api.queries import get_avatar, get_render, not_found
 from shared.db.models import Avatar, IdempotencyRecord, Job, Render, utcnow
+from shared.exports import export_prefix
 from shared.jobs import TERMINAL, JobService
 from shared.storage import ObjectStore, tenant_key
 
@@ -91,7 +92,7 @@ def delete_avatar(
         .join(Job, Job.resource_id == Render.id)
         .where(Render.avatar_id == avatar.id, Render.deleted_at.is_(None))
     ).all()
-    prefixes = [_prefix(tenant_id, "avatars", avatar.id)]
+    prefixes = [_prefix(tenant_id, "avatars", avatar.id), export_prefix(avatar.id)]
     keys = _outside(avatar.source_key, prefixes)
     for render, _ in renders:
         prefix, render_keys = _render_parts(tenant_id, render)

@@ -9,19 +9,22 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from services.preprocess.tasks import artifact_key
 from services.runner import JobContext
 from shared.db.models import Avatar
+from shared.exports import export_prefix, manifest_key
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
+from shared.telemetry import TRAIN_STEPS
 from talkinghead.configs import RadNerfConfig, preset
-from talkinghead.training.evaluation import evaluate
+from talkinghead.export.artifact import ASSETS, FORMAT, MANIFEST, RENDERER, ExportedAvatar
+from talkinghead.export.package import export_avatar, max_difference
+from talkinghead.models.driving import assets_of
+from talkinghead.training.evaluation import evaluate, frame_conditions
 from talkinghead.training.trainer import CHECKPOINT, StepReport, Trainer
 
 FAMILY = "radnerf"
-EXPORT_FORMAT = 1  # the renderer artifact's layout; rendering (issue 5) may version it up
+EXPORT_CHECK_FRAMES = 3  # held-out frames rendered both ways to check the traced export
 PROGRESS_EVERY_S = 0.5  # each report is a database write
 LOSS_WINDOW = 25  # steps averaged into the losses shown on the avatar
 
@@ -162,6 +165,7 @@ def train_segment(ctx: JobContext, avatar: Avatar, start: float, end: float) -> 
     trainer = resume_trainer(ctx, config, extract_dataset(ctx))
     reporter = ProgressReporter(ctx, start, end)
     ran = trainer.run(config.train.segment_steps, reporter)
+    TRAIN_STEPS.inc(ran)
     ctx.pause()
     ctx.check()
     key = previous
@@ -187,20 +191,25 @@ def _finite(value: float) -> float | None:
     return round(float(value), 4) if math.isfinite(value) else None
 
 
-def renderer_file(trainer: Trainer) -> dict[str, Any]:
-    """The exported renderer: the checkpoint with the EMA weights as the model, no optimiser.
+def export_renderer(ctx: JobContext, avatar: Avatar, trainer: Trainer) -> Path:
+    """Trace the EMA weights into the TorchScript artifact and check it against eager mode.
 
-    Call inside `trainer.ema.applied()`. The layout is provisional until rendering of radnerf
-    avatars (issue 5) settles the export format.
+    Call inside `trainer.ema.applied()`. Returns the local export directory.
     """
-    ckpt = trainer.checkpoint_dict()
-    for key in ("optimizer", "ema"):
-        ckpt.pop(key, None)
-    # CPU tensors (copies, taken while the EMA weights are in), so any worker can load it.
-    ckpt["model"] = {name: t.detach().cpu().clone() for name, t in ckpt["model"].items()}
-    ckpt["export_format"] = EXPORT_FORMAT
-    ckpt["weights"] = "ema"
-    return ckpt
+    data = trainer.data
+    assets = assets_of(data)
+    out = ctx.workdir / "export"
+    info = {"avatar_id": avatar.id, "preset": avatar.preset, "step": trainer.state.step}
+    export_avatar(trainer.model, assets, data.reader.manifest.audio, out, info=info)
+    exported = ExportedAvatar.load(out, trainer.device)
+    ids = [int(i) for i in data.val_ids[:EXPORT_CHECK_FRAMES]] or [0]
+    cond = frame_conditions(data, ids, trainer.config.model.attention_window)
+    worst = max_difference(
+        trainer.model, exported, cond.poses.numpy(), cond.audio.numpy(), cond.eye.numpy()
+    )
+    if worst > 1:  # the promise is <= 1/255; a larger gap means tracing went wrong
+        raise JobError("export_mismatch", f"the exported renderer differs by {worst}/255")
+    return out
 
 
 def export(ctx: JobContext, avatar: Avatar) -> StepResult:
@@ -211,23 +220,24 @@ def export(ctx: JobContext, avatar: Avatar) -> StepResult:
     trainer = resume_trainer(ctx, config, extract_dataset(ctx))
     if not trainer.done:
         raise JobError("internal_error", f"training stopped at step {trainer.state.step}")
-    out = ctx.workdir / f"{FAMILY}.pt"
     with trainer.ema.applied():
         scores = evaluate(trainer.model, trainer.data, limit=config.train.eval_frames)
         ctx.check()
-        torch.save(renderer_file(trainer), out)
-    key = tenant_key(ctx.job.tenant_id, "avatars", avatar.id, "export", out.name)
+        out = export_renderer(ctx, avatar, trainer)
+    # The files first, the manifest (the artifact's key) last: it commits the export.
+    for name in (RENDERER, ASSETS):
+        ctx.store.put_file(export_prefix(avatar.id) + name, out / name)
     ctx.save_artifact(
         "renderer",
-        key,
-        out,
+        manifest_key(avatar.id),
+        out / MANIFEST,
         info={
             "family": FAMILY,
             "preset": avatar.preset,
             "step": trainer.state.step,
-            "format": EXPORT_FORMAT,
+            "format": FORMAT,
         },
-        content_type="application/octet-stream",
+        content_type="application/json",
     )
     prune_checkpoints(ctx, keep=ctx.job.state["checkpoint"])
     metrics: dict[str, Any] = {

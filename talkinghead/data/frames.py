@@ -12,6 +12,7 @@ import numpy as np
 from talkinghead.preprocess.audio import DEFAULT_CONTEXT
 from talkinghead.preprocess.features import LEFT_EYE, RIGHT_EYE, mouth_openness
 from talkinghead.preprocess.manifest import DatasetReader
+from talkinghead.rendering.controls import audio_stack
 
 LABEL_HEAD = 1  # semantic label values: see docs/dataset.md
 _EYE_POINTS = np.array(
@@ -21,22 +22,6 @@ _EYE_POINTS = np.array(
     ),
     dtype=np.int64,
 )
-
-
-def audio_stack(
-    features: np.ndarray, index: int, k: int, context: int = DEFAULT_CONTEXT
-) -> np.ndarray:
-    """(k, 2*context, D): the windows of frames index-k/2 .. index+k/2-1, edges clamped.
-
-    The attention module smooths over these neighbouring windows. Reads only the rows it
-    needs, so it is safe on a memory-mapped feature array of any length.
-    """
-    n = len(features)
-    frames = np.clip(np.arange(index - k // 2, index - k // 2 + k), 0, n - 1)
-    rows = np.clip(frames[:, None] + np.arange(-context, context)[None, :], 0, n - 1)
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    block = np.asarray(features[lo:hi], dtype=np.float32)
-    return block[rows - lo]
 
 
 @dataclass(frozen=True)

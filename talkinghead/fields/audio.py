@@ -62,6 +62,7 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, in_dim: int, window: int, k: int, out_dim: int) -> None:
         super().__init__()
+        self.feature_dim = in_dim
         self.net = AudioNet(in_dim, window, out_dim)
         self.attention = AudioAttention(out_dim, k)
 

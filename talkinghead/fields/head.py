@@ -27,6 +27,10 @@ class _TruncExp(torch.autograd.Function):
 
 def trunc_exp(x: Tensor) -> Tensor:
     """Truncated exponential activation for density (Instant-NGP, used by RAD-NeRF)."""
+    if not torch.is_grad_enabled():
+        # Same values; plain exp keeps inference graphs free of Python autograd functions,
+        # which TorchScript cannot serialise.
+        return torch.exp(x)
     out: Tensor = _TruncExp.apply(x)
     return out
 

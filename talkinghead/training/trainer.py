@@ -18,6 +18,7 @@ from torch import Tensor
 from talkinghead.configs import RadNerfConfig
 from talkinghead.data.frames import TrainingData
 from talkinghead.data.rays import RayBatch, sample_lips_patches, sample_rays
+from talkinghead.devices import default_device
 from talkinghead.models.factory import build_model
 from talkinghead.models.radnerf import HeadRender
 from talkinghead.rendering.rays import head_rays
@@ -45,11 +46,6 @@ class TrainState:
     step: int = 0
     seconds: float = 0.0
     losses: list[dict[str, float]] = field(default_factory=list)  # one entry per logged step
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU: the same code runs on both."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _step_seed(seed: int, step: int) -> int:

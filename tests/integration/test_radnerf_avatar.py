@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 import torch
 from sqlalchemy import select
@@ -21,12 +23,12 @@ from services.client import TalkingHeadClient
 from services.embedded import EmbeddedStack
 from shared.db.models import Artifact, Job
 from shared.db.session import session_scope
+from shared.exports import download_export, export_prefix, manifest_key
 from shared.storage import build_store, tenant_key
 from shared.tenants import create_tenant
-from talkinghead.configs import RadNerfConfig, preset
-from talkinghead.models.factory import build_model
-from talkinghead.synthetic import generate
-from tests.conftest import make_audio
+from talkinghead.configs import preset
+from talkinghead.export.artifact import ExportedAvatar
+from talkinghead.synthetic import generate, speech
 
 TINY = preset("tiny").train
 EVAL_METRICS = ("psnr", "psnr_frame_mean", "ssim", "lmd", "lipsync", "lipsync_shuffled")
@@ -119,17 +121,13 @@ def test_radnerf_avatar_trains_in_segments_and_exports(
         "family": "radnerf",
         "preset": "tiny",
         "step": TINY.total_steps,
-        "format": 1,
+        "format": 2,
     }
-    assert store.exists(art_key)
-    exported = tmp_path / "renderer.pt"
-    store.download(art_key, exported)
-    ckpt = torch.load(exported, map_location="cpu", weights_only=False)
-    assert (ckpt["family"], ckpt["weights"], ckpt["config"]["name"]) == ("radnerf", "ema", "tiny")
-    assert "optimizer" not in ckpt
-    config = RadNerfConfig.from_dict(ckpt["config"])
-    model = build_model("radnerf", config.model, ckpt["num_frames"], ckpt["feature_dim"])
-    model.load_state_dict(ckpt["model"])
+    assert art_key == manifest_key(created["id"]) and store.exists(art_key)
+    # The export is self-contained: downloaded, verified and loaded without the trainer.
+    download_export(store, created["id"], tmp_path / "export")
+    exported = ExportedAvatar.load(tmp_path / "export", torch.device("cpu"))
+    assert exported.manifest["avatar_id"] == created["id"] and exported.size == 64
 
     # Only the final checkpoint is kept; the job state names it.
     prefix = tenant_key(tenant_id, "avatars", created["id"], "checkpoints") + "/"
@@ -137,8 +135,22 @@ def test_radnerf_avatar_trains_in_segments_and_exports(
     assert state["checkpoint"].endswith(f"radnerf-{TINY.total_steps:08d}.pt")
     assert state["step"] == TINY.total_steps
 
-    # Rendering radnerf avatars is not there yet: the render fails with a clear code.
-    render = client.create_render(created["id"], make_audio(tmp_path / "speech.wav"))
-    done = client.wait("render", render["id"], timeout=60)
-    assert done["status"] == "failed"
-    assert done["error"]["code"] == "renderer_unavailable", done
+    # The avatar speaks: a render in the worker's own process (embedded mode) gives an mp4
+    # of one frame per 40 ms of audio, at the avatar's size, on a green background.
+    speech(tmp_path / "speech.wav", "Testing one two three.", "en-us+f3", 1.6)
+    options = {"background": {"kind": "colour", "colour": "#00ff00"}, "pose": "static"}
+    render = client.create_render(created["id"], tmp_path / "speech.wav", options=options)
+    done = client.wait("render", render["id"], timeout=300)
+    assert done["status"] == "done", (done, stack.logs_dir)
+    video = client.download_video(render["id"], tmp_path / "out.mp4")
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == 40
+    assert frames[0].shape == (64, 64, 3)
+    corner = np.stack([f[:4, :4].reshape(-1, 3) for f in frames]).mean(axis=(0, 1))
+    assert corner[1] > 200 and corner[0] < 60 and corner[2] < 60  # the green plate shows
+
+    # Deleting the avatar removes its export too.
+    client.delete_avatar(created["id"])
+    assert store.list(export_prefix(created["id"])) == []

@@ -16,7 +16,7 @@ import torch
 
 from talkinghead.configs import preset
 from talkinghead.metrics import FaceMeter, pearson, shuffled_order
-from talkinghead.models.driving import AvatarAssets, drive, pose_track, speech_features
+from talkinghead.models.driving import assets_of, drive, pose_track, speech_features
 from talkinghead.synthetic import envelope, speech
 from talkinghead.training.trainer import CHECKPOINT, Trainer
 from tests.fixtures.avatars import TrainedAvatar
@@ -52,7 +52,7 @@ def test_mouth_follows_speech_of_another_voice(
     wave = speech(tmp_path / "other.wav", text, "en-us+f3", seconds=8.0)
     feats = speech_features(wave, trainer.data.reader.manifest.audio)
     truth = envelope(wave, len(feats), 25)
-    assets = AvatarAssets.from_dataset(trainer.data)
+    assets = assets_of(trainer.data)
     order = shuffled_order(len(feats), seed=1)
     with torch.no_grad(), trainer.ema.applied():
         real = _mouth_track(list(drive(trainer.model, assets, feats, "static", "open")))
@@ -65,7 +65,7 @@ def test_mouth_follows_speech_of_another_voice(
 def test_eye_ratio_changes_pixels_mostly_in_the_eye_region(trained_avatar: TrainedAvatar) -> None:
     trainer = trained_avatar.trainer
     data = trainer.data
-    assets = AvatarAssets.from_dataset(data)
+    assets = assets_of(data)
     feats = np.asarray(data.reader.audio_features[:1])
     closed, opened = np.percentile(assets.eyes, 2), np.percentile(assets.eyes, 90)
     with torch.no_grad(), trainer.ema.applied():
@@ -86,7 +86,7 @@ def test_background_shows_only_where_the_avatar_is_not_opaque(
     trained_avatar: TrainedAvatar,
 ) -> None:
     trainer = trained_avatar.trainer
-    assets = AvatarAssets.from_dataset(trainer.data)
+    assets = assets_of(trainer.data)
     feats = np.asarray(trainer.data.reader.audio_features[:2])
     green = np.zeros_like(assets.background)
     green[..., 1] = 255

@@ -93,7 +93,7 @@ def _ready(api: Api, media: Media, **fields: str) -> str:
     return avatar_id
 
 
-def test_render_of_a_radnerf_avatar_fails_renderer_unavailable(
+def test_render_of_a_radnerf_avatar_without_an_export_fails_avatar_not_ready(
     api: Api, media: Media, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     avatar_id = _ready(api, media, renderer="radnerf", preset="tiny")
@@ -102,8 +102,8 @@ def test_render_of_a_radnerf_avatar_fails_renderer_unavailable(
     assert _run_render_step(api, created.json()["id"], monkeypatch) == "failed"
     got = api.client.get(f"/v1/renders/{created.json()['id']}", headers=api.headers).json()
     assert got["status"] == "failed"
-    assert got["error"]["code"] == "renderer_unavailable"
-    assert "radnerf" in got["error"]["message"]
+    assert got["error"]["code"] == "avatar_not_ready"
+    assert "renderer" in got["error"]["message"]
 
 
 def test_render_of_a_still_avatar_passes_the_family_check(

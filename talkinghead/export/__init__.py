@@ -1,0 +1,1 @@
+"""Export of trained avatars into self-contained, versioned renderer artifacts (TorchScript)."""
