@@ -165,9 +165,12 @@ def main() -> None:
     objects = data_dir / "objects"
     objects.mkdir(parents=True)
     key: str | None = None
-    with TritonServer(env={"TH_STORAGE_DIR": str(objects), "TH_DATA_DIR": str(data_dir)}) as triton:
+    # Exports are replaced in place between sizes: caches re-check the manifest every request.
+    fresh = {"TH_AVATAR_REVALIDATE_S": "0"}
+    triton_env = {"TH_STORAGE_DIR": str(objects), "TH_DATA_DIR": str(data_dir), **fresh}
+    with TritonServer(env=triton_env) as triton:
         for backend_name in ("inprocess", "triton"):
-            env = {"TH_LOG_LEVEL": "WARNING", "TH_RENDER_BACKEND": backend_name}
+            env = {"TH_LOG_LEVEL": "WARNING", "TH_RENDER_BACKEND": backend_name, **fresh}
             env["TH_TRITON_URL"] = triton.http_url
             with EmbeddedStack(data_dir, env=env, concurrency=1) as stack:
                 if key is None:  # the second stack reuses the state dir, tenant and avatar
@@ -179,7 +182,7 @@ def main() -> None:
                 avatar_id = results["avatar_id"]
                 for size in sizes:
                     reexport(stack, avatar_id, size, work)
-                    cache = AvatarCache(LocalObjectStore(objects))
+                    cache = AvatarCache(LocalObjectStore(objects), revalidate_s=0)
                     if backend_name == "inprocess":
                         backends: dict[str, FrameBackend] = {
                             "inprocess": InProcessBackend(cache),

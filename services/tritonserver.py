@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,18 +21,13 @@ from types import TracebackType
 
 import httpx
 
+from services.embedded import free_port
+
 REPOSITORY = Path(__file__).resolve().parent.parent / "triton_models"
 
 
 class TritonUnavailable(RuntimeError):
     """The wheel's server is not installed or did not become ready."""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _server_tree() -> Path:

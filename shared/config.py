@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8000", description="host:port of Triton (HTTP or gRPC).")
     triton_protocol: Literal["http", "grpc"] = "http"
     avatar_cache_size: int = Field(4, ge=1, description="Avatars kept loaded per renderer.")
+    avatar_revalidate_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a loaded avatar is trusted before its export is re-checked.",
+    )
     render_batch_frames: int = Field(8, ge=1, le=16, description="Frames per inference request.")
     max_audio_s: float = Field(600.0, gt=0, description="Longest speech a render accepts.")
     torch_threads: int = Field(

@@ -107,4 +107,7 @@ def build_backend(settings: Settings, store: ObjectStore) -> FrameBackend:
     """The backend the settings name (`TH_RENDER_BACKEND`)."""
     if settings.render_backend == "triton":
         return TritonBackend(settings.triton_url, settings.triton_protocol)
-    return InProcessBackend(AvatarCache(store, settings.avatar_cache_size))
+    cache = AvatarCache(
+        store, settings.avatar_cache_size, revalidate_s=settings.avatar_revalidate_s
+    )
+    return InProcessBackend(cache)

@@ -118,6 +118,11 @@ def render_video(ctx: JobContext, rnd: Render, speech: SpeechAudio) -> dict[str,
                 assets, features, k, pose, eyes, ctx.settings.render_batch_frames, w // 2
             ):
                 rgba = frames.render(rnd.avatar_id, batch.poses, batch.audio, batch.eyes)
+                if rgba.shape[1:] != (assets.size, assets.size, 4):
+                    raise RenderBackendError(
+                        f"frames of {rgba.shape[1:3]} for an export of {assets.size} px; "
+                        "the avatar was exported again during the render"
+                    )
                 if first_frame_s is None:
                     first_frame_s = (utcnow() - rnd.created_at).total_seconds()
                     RENDER_FIRST_FRAME.observe(first_frame_s)

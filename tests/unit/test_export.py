@@ -127,8 +127,18 @@ def test_an_export_renders_without_the_training_code(exported: Path) -> None:
         assert f"talkinghead.{package}" not in modules.split(","), modules
 
 
+def export_again(trained: TrainedAvatar, out: Path, size: int) -> None:
+    """The same trained avatar exported at another frame size."""
+    trainer = trained.trainer
+    with trainer.ema.applied():
+        export_avatar(
+            trainer.model, assets_of(trainer.data), trainer.data.reader.manifest.audio, out,
+            size=size,
+        )  # fmt: skip
+
+
 def test_avatar_cache_is_an_lru_that_verifies_and_loads_once(
-    exported: Path, tmp_path: Path
+    trained_avatar: TrainedAvatar, exported: Path, tmp_path: Path
 ) -> None:
     store = LocalObjectStore(tmp_path / "store")
     for name in ("a", "b"):
@@ -147,6 +157,18 @@ def test_avatar_cache_is_an_lru_that_verifies_and_loads_once(
     assert events.count(("load", "av_a")) == 2 and ("evict", "av_b") in events
     with pytest.raises(ExportNotFound):
         cache.get("av_missing")
+    # Exported again under the same id (here: another frame size): reloaded once re-checked.
+    resized = tmp_path / "resized"
+    export_again(trained_avatar, resized, 64)
+    upload_export(store, "av_a", resized)
+    assert cache.get("av_a").size == 128  # trusted for revalidate_s
+    cache.revalidate_s = 0.0
+    assert cache.get("av_a").size == 64
+    assert events.count(("load", "av_a")) == 3
+    store.delete_prefix(export_prefix("av_a"))
+    with pytest.raises(ExportNotFound):
+        cache.get("av_a")
+    assert "av_a" not in cache
     # A tampered object in the store is caught by the checksum on load.
     store.put_bytes(export_prefix("av_b") + RENDERER, b"not a model")
     with pytest.raises(ArtifactError):

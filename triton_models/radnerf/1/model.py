@@ -52,9 +52,11 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.frames = self.frame_family.Metric(labels={"model": config["name"]})
+        settings = load_settings()
         self.cache = AvatarCache(
-            build_store(load_settings()), capacity, self.device, listener=self._count
-        )
+            build_store(settings), capacity, self.device, listener=self._count,
+            revalidate_s=settings.avatar_revalidate_s,
+        )  # fmt: skip
 
     def _count(self, event: str, avatar_id: str) -> None:
         self.counters[event].increment(1)
