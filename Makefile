@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench up down clean
+.PHONY: setup demo test lint format bench up down embedded clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/system-deps.sh
@@ -35,11 +35,18 @@ format: setup
 bench: setup
 	$(BIN)/python bench/api_load.py
 
-up: setup
-	$(BIN)/talkinghead up
+# The distributed stack on this host with Docker Compose (docs/deploy.md; needs a .env, see
+# .env.example). `migrate` builds the shared base image every service image starts FROM.
+up:
+	docker compose build migrate
+	docker compose up -d --build
 
-down: setup
-	$(BIN)/talkinghead down
+down:
+	docker compose down
+
+# The embedded stack in the foreground; `.venv/bin/talkinghead down` stops it from another shell.
+embedded: setup
+	$(BIN)/talkinghead up
 
 clean:
 	rm -rf .talkinghead demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from shared.db.models import Job, WebhookDelivery, utcnow
 from shared.db.session import session_scope
 from shared.jobs import TERMINAL, JobService
 from shared.queue import celery_app
-from shared.telemetry import RECONCILER_ACTIONS, configure_logging
+from shared.telemetry import RECONCILER_ACTIONS, configure_logging, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    serve_metrics(settings.worker_metrics_port)  # th_reconciler_actions_total for Prometheus
     run_forever(settings, stop)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from shared.config import get_settings
 from shared.queue import celery_app, configure_celery
-from shared.telemetry import configure_logging, mark_process_dead
+from shared.telemetry import configure_logging, mark_process_dead, serve_metrics
 
 settings = get_settings()
 configure_logging(settings.log_level, settings.log_json)
@@ -19,19 +19,16 @@ app = configure_celery(settings, celery_app)
 @worker_ready.connect
 def _serve_metrics(**_: Any) -> None:
     """Expose this worker's metrics when TH_WORKER_METRICS_PORT is set (k8s scrape target)."""
-    port = settings.worker_metrics_port
-    if port:
-        from prometheus_client import start_http_server
-        from prometheus_client.core import REGISTRY
+    serve_metrics(settings.worker_metrics_port)
 
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import CollectorRegistry, multiprocess
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            start_http_server(port, registry=registry)
-        else:
-            start_http_server(port, registry=REGISTRY)
+@worker_process_init.connect
+def _limit_threads(**_: Any) -> None:
+    """Cap each pool child's torch threads (TH_TORCH_THREADS) so workers share the cores."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
 
 
 @worker_process_shutdown.connect

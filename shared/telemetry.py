@@ -171,3 +171,17 @@ def iter_metric_names() -> Iterator[str]:
         OLDEST_QUEUED_AGE,
     ):
         yield metric._name
+
+
+def serve_metrics(port: int) -> None:
+    """Serve this process's metrics (or the multiprocess directory's) on `port`; 0 does nothing."""
+    if not port:
+        return
+    from prometheus_client import REGISTRY, start_http_server
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(port, registry=registry)
+    else:
+        start_http_server(port, registry=REGISTRY)
