@@ -27,11 +27,16 @@ def manifest_key(avatar_id: str) -> str:
     return export_prefix(avatar_id) + MANIFEST
 
 
-def upload_export(store: ObjectStore, avatar_id: str, directory: Path) -> str:
-    """Store every file of a local export directory, the manifest last; returns its key."""
+def upload_export_files(store: ObjectStore, avatar_id: str, directory: Path) -> None:
+    """Store the files the local export's manifest lists, but not the manifest itself."""
     manifest = json.loads((directory / MANIFEST).read_text())
     for name in manifest["files"]:
         store.put_file(export_prefix(avatar_id) + name, directory / name)
+
+
+def upload_export(store: ObjectStore, avatar_id: str, directory: Path) -> str:
+    """Store every file of a local export directory, the manifest last; returns its key."""
+    upload_export_files(store, avatar_id, directory)
     key = manifest_key(avatar_id)
     store.put_file(key, directory / MANIFEST, content_type="application/json")
     return key

@@ -12,12 +12,12 @@ from typing import Any
 from services.preprocess.tasks import artifact_key
 from services.runner import JobContext
 from shared.db.models import Avatar
-from shared.exports import export_prefix, manifest_key
+from shared.exports import manifest_key, upload_export_files
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
 from shared.telemetry import TRAIN_STEPS
 from talkinghead.configs import RadNerfConfig, preset
-from talkinghead.export.artifact import ASSETS, FORMAT, MANIFEST, RENDERER, ExportedAvatar
+from talkinghead.export.artifact import FORMAT, MANIFEST, ExportedAvatar
 from talkinghead.export.package import export_avatar, max_difference
 from talkinghead.models.driving import assets_of
 from talkinghead.training.evaluation import evaluate, frame_conditions
@@ -225,8 +225,7 @@ def export(ctx: JobContext, avatar: Avatar) -> StepResult:
         ctx.check()
         out = export_renderer(ctx, avatar, trainer)
     # The files first, the manifest (the artifact's key) last: it commits the export.
-    for name in (RENDERER, ASSETS):
-        ctx.store.put_file(export_prefix(avatar.id) + name, out / name)
+    upload_export_files(ctx.store, avatar.id, out)
     ctx.save_artifact(
         "renderer",
         manifest_key(avatar.id),

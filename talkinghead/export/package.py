@@ -20,7 +20,7 @@ from talkinghead.export.artifact import (
     save_assets,
     sha256_file,
 )
-from talkinghead.models.radnerf import Conditions, RadNerf
+from talkinghead.models.radnerf import Conditions, RadNerf, quantise_rgba, to_rgba8
 from talkinghead.rendering.controls import AvatarAssets, eye_track, pose_track, rescaled
 
 
@@ -37,9 +37,7 @@ class FrameRenderer(nn.Module):
     def forward(self, pose: Tensor, audio: Tensor, eye: Tensor) -> Tensor:
         """(1, 4, 4), (1, K, W, D), (1,) -> (1, size, size, 4) uint8."""
         rgba = self.model.render_frames(Conditions(pose, audio, eye), self.K, self.size)
-        # The same quantisation as `to_rgba8`, inside the graph so clients get bytes.
-        q = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-        return torch.cat([torch.minimum(q[..., :3], q[..., 3:4]), q[..., 3:4]], dim=-1)
+        return quantise_rgba(rgba)  # inside the graph, so clients get bytes
 
 
 def example_inputs(model: RadNerf, assets: AvatarAssets) -> tuple[Tensor, Tensor, Tensor]:
@@ -120,8 +118,6 @@ def max_difference(
     model: RadNerf, exported: ExportedAvatar, poses: np.ndarray, audio: np.ndarray, eyes: np.ndarray
 ) -> int:
     """Largest uint8 difference between the eager model and the export on the same frames."""
-    from talkinghead.models.radnerf import to_rgba8
-
     cond = Conditions(torch.from_numpy(poses), torch.from_numpy(audio), torch.from_numpy(eyes))
     eager = to_rgba8(model.render_frames(cond, torch.from_numpy(exported.assets.K), exported.size))
     ours = exported.render(poses, audio, eyes)

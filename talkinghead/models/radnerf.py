@@ -218,11 +218,18 @@ def composite_over(rgba: Tensor, background: Tensor) -> Tensor:
     return rgba[..., :3] + (1.0 - rgba[..., 3:4]) * background
 
 
-def to_rgba8(rgba: Tensor) -> np.ndarray:
-    """Float premultiplied RGBA -> uint8 (the renderer's output format); colour <= alpha kept."""
+def quantise_rgba(rgba: Tensor) -> Tensor:
+    """Float premultiplied RGBA -> uint8 tensor (the renderer's output format); colour <= alpha.
+
+    Out-of-place, so it also serves inside traced graphs (the export).
+    """
     q = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-    q[..., :3] = torch.minimum(q[..., :3], q[..., 3:4])
-    return q.cpu().numpy()
+    return torch.cat([torch.minimum(q[..., :3], q[..., 3:4]), q[..., 3:4]], dim=-1)
+
+
+def to_rgba8(rgba: Tensor) -> np.ndarray:
+    """Float premultiplied RGBA -> uint8 numpy array on the CPU."""
+    return quantise_rgba(rgba).cpu().numpy()
 
 
 def over_background(rgba8: np.ndarray, background: np.ndarray) -> np.ndarray:
