@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from talkinghead.configs import RadNerfConfig, preset  # noqa: E402
+from talkinghead.components.rays import head_rays, pixel_grid  # noqa: E402
 from talkinghead.data.frames import TrainingData  # noqa: E402
+from talkinghead.families.radnerf.config import RadNerfConfig, preset  # noqa: E402
+from talkinghead.families.radnerf.model import Conditions  # noqa: E402
+from talkinghead.families.radnerf.training import RadNerfTrainer  # noqa: E402
 from talkinghead.metrics import psnr_from_mse  # noqa: E402
-from talkinghead.models.radnerf import Conditions  # noqa: E402
-from talkinghead.rendering.rays import head_rays, pixel_grid  # noqa: E402
-from talkinghead.training.trainer import Trainer  # noqa: E402
 
 CPU = torch.device("cpu")
 BASELINE_HEAD_STEPS = 100_000  # far beyond the budget: no learning-rate decay inside it
@@ -61,14 +61,14 @@ RSS_CHILD = """
 import sys, tempfile, time
 from pathlib import Path
 import torch
-from talkinghead.configs import preset
-from talkinghead.training.trainer import Trainer
+from talkinghead.families.radnerf.config import preset
+from talkinghead.families.radnerf.training import RadNerfTrainer
 data, steps, res = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 lips, torso = max(1, steps // 10), max(1, steps // 5)
 config = preset("cpu-quick", head_steps=steps - lips - torso, lips_steps=lips, torso_steps=torso,
                 resolution=res)
 with tempfile.TemporaryDirectory() as tmp:
-    trainer = Trainer(data, Path(tmp), config, torch.device("cpu"))
+    trainer = RadNerfTrainer(data, Path(tmp), config, torch.device("cpu"))
     t = time.perf_counter()
     while not trainer.done:
         trainer.train_step()
@@ -167,7 +167,7 @@ def heldout_psnr(model: Any, K: torch.Tensor, probe: Probe, chunk: int = 4096) -
     return psnr_from_mse(sse / count)
 
 
-def probe_psnr(trainer: Trainer, probe: Probe) -> dict[str, float]:
+def probe_psnr(trainer: RadNerfTrainer, probe: Probe) -> dict[str, float]:
     """Held-out PSNR with the EMA weights (what an avatar ships) and with the raw weights.
 
     The score is the better of the two: an EMA of 0.95 lags about 20 steps, which is the
@@ -193,7 +193,7 @@ def head_config(steps: int, resolution: int, **overrides: Any) -> RadNerfConfig:
 
 
 def train_timed(
-    trainer: Trainer,
+    trainer: RadNerfTrainer,
     probe: Probe,
     budget_s: float,
     evaluate_now: Callable[[int, float], bool],
@@ -235,10 +235,10 @@ def ours_eval_due(step: int, _train_s: float) -> bool:
 def time_to_target(
     dataset: Path, work: Path, budget_s: float, resolution: int, probe_frames: int,
     probe_pixels: int, baseline_lr: float,
-) -> tuple[dict[str, Any], Trainer, Trainer, Probe]:  # fmt: skip
+) -> tuple[dict[str, Any], RadNerfTrainer, RadNerfTrainer, Probe]:  # fmt: skip
     """Part (a); returns the figures and both trained trainers for part (b)."""
     config = head_config(BASELINE_HEAD_STEPS, resolution, lr_net=baseline_lr)
-    base = Trainer(dataset, work / "baseline", config, CPU, family="baseline")
+    base = RadNerfTrainer(dataset, work / "baseline", config, CPU, model="adnerf")
     k = base.config.model.attention_window
     probe = make_probe(base.data, probe_frames, probe_pixels, k)
     quarters = [budget_s * q for q in (0.25, 0.5, 0.75)]
@@ -254,7 +254,7 @@ def time_to_target(
     base_hist = train_timed(base, probe, budget_s, base_due)
     best = max(base_hist[1:], key=lambda h: h["psnr"])
     target = best["psnr"]
-    ours = Trainer(dataset, work / "ours", head_config(preset("cpu-quick").train.head_steps,
+    ours = RadNerfTrainer(dataset, work / "ours", head_config(preset("cpu-quick").train.head_steps,
                                                        resolution), CPU)  # fmt: skip
     log(f"ours: training until PSNR {target:.3f}")
     ours_hist = train_timed(ours, probe, budget_s, ours_eval_due, target)
@@ -295,7 +295,12 @@ def time_to_target(
 
 # -- (b) render speed ---------------------------------------------------------------------
 def render_speed(
-    ours: Trainer, base: Trainer, probe: Probe, scales: list[int], stride: int, frames: int
+    ours: RadNerfTrainer,
+    base: RadNerfTrainer,
+    probe: Probe,
+    scales: list[int],
+    stride: int,
+    frames: int,
 ) -> dict[str, Any]:
     """Frames/s of both models at `scales` x the training size."""
     size0 = ours.data.size
@@ -361,11 +366,13 @@ def training_rss(dataset: Path, steps: int, resolution: int) -> dict[str, float]
 
 
 # -- (d) the full cpu-quick preset ------------------------------------------------------
-def full_preset(dataset: Path, work: Path, config: RadNerfConfig) -> tuple[dict[str, Any], Trainer]:
+def full_preset(
+    dataset: Path, work: Path, config: RadNerfConfig
+) -> tuple[dict[str, Any], RadNerfTrainer]:
     """Train the whole preset in its segments (as the worker does), then evaluate."""
-    from talkinghead.training.evaluation import evaluate
+    from talkinghead.families.radnerf.evaluation import evaluate
 
-    trainer = Trainer(dataset, work / "preset", config, CPU)
+    trainer = RadNerfTrainer(dataset, work / "preset", config, CPU)
     t = time.perf_counter()
     while not trainer.done:
         trainer.run(config.train.segment_steps)
@@ -441,7 +448,7 @@ def main() -> None:
         res = args.resolution
         dataset = prepare(data_dir, args.clip_s, res)
         work = Path(tmp)
-        rendered_by: tuple[str, Trainer] | None = None
+        rendered_by: tuple[str, RadNerfTrainer] | None = None
         if parts & {"a", "b"}:
             a, base, ours, probe = time_to_target(
                 dataset, work, args.budget_min * 60, res, args.probe_frames, args.probe_pixels,

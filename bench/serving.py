@@ -42,11 +42,11 @@ from shared.db.session import session_scope
 from shared.exports import upload_export
 from shared.storage import LocalObjectStore
 from shared.tenants import create_tenant
-from talkinghead.configs import RadNerfConfig
-from talkinghead.export.package import export_avatar
-from talkinghead.models.driving import assets_of
+from talkinghead.families.radnerf.config import RadNerfConfig
+from talkinghead.families.radnerf.driving import assets_of
+from talkinghead.families.radnerf.export import export_avatar
+from talkinghead.families.radnerf.training import RadNerfTrainer
 from talkinghead.synthetic import generate, speech
-from talkinghead.training.trainer import Trainer
 
 
 def machine() -> dict[str, Any]:
@@ -89,7 +89,7 @@ def reexport(stack: EmbeddedStack, avatar_id: str, size: int, work: Path) -> Non
         tar.extractall(root, filter="data")
     store.download(state["checkpoint"], root / "checkpoint.pt")
     config = RadNerfConfig.from_dict(state["config"])
-    trainer = Trainer(root / "dataset", root / "run", config)
+    trainer = RadNerfTrainer(root / "dataset", root / "run", config)
     trainer.load(root / "checkpoint.pt")
     with trainer.ema.applied():
         export_avatar(
@@ -104,18 +104,18 @@ def frames_per_second(
 ) -> dict[str, float]:
     """Median frames/s of each backend over alternated rounds of `frames` frames."""
     ex = cache.get(avatar_id)
-    k, w, d = ex.audio_shape
+    k, w, d = ex.input_shape("audio")
     rng = np.random.default_rng(0)
     audio = rng.normal(0, 1, (8, k, w, d)).astype(np.float32)
-    poses, eyes = ex.assets.poses[:8], ex.assets.eyes[:8]
+    poses, eyes = ex.assets["poses"][:8], ex.assets["eyes"][:8]
     for backend in backends.values():  # warm up: load, first-call costs
-        backend.render(avatar_id, poses, audio, eyes)
+        backend.render(avatar_id, "radnerf", {"pose": poses, "audio": audio, "eye": eyes})
     rates: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(rounds):
         for name, backend in backends.items():
             started = time.perf_counter()
             for _ in range(frames // 8):
-                backend.render(avatar_id, poses, audio, eyes)
+                backend.render(avatar_id, "radnerf", {"pose": poses, "audio": audio, "eye": eyes})
             rates[name].append((frames // 8) * 8 / (time.perf_counter() - started))
     return {name: round(statistics.median(r), 2) for name, r in rates.items()}
 

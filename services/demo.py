@@ -86,9 +86,9 @@ def side_by_side(stack: EmbeddedStack, avatar_id: str, out: Path, rows: int = 4)
 
     from services.renderer.avatars import AvatarCache
     from shared.storage import build_store
+    from talkinghead.components.compositing import over_background
     from talkinghead.data.frames import TrainingData
     from talkinghead.media import write_png
-    from talkinghead.models.radnerf import over_background
 
     store = build_store(stack.settings)
     exported = AvatarCache(store).get(avatar_id)
@@ -105,11 +105,12 @@ def side_by_side(stack: EmbeddedStack, avatar_id: str, out: Path, rows: int = 4)
         tar.extractall(scratch, filter="data")
     (out.parent / "dataset.tar").unlink()
     data = TrainingData(scratch / "dataset", exported.size)
-    k = exported.audio_shape[0]
+    k = next(spec.shape[0] for spec in exported.inputs if spec.name == "audio")
     ids = [int(i) for i in np.linspace(0, len(data.val_ids) - 1, rows).round()]
     lines = []
     for i in (int(data.val_ids[j]) for j in ids):
-        rgba = exported.render(data.pose(i)[None], data.audio(i, k)[None], np.array([data.eye(i)]))
+        inputs = {"pose": data.pose(i)[None], "audio": data.audio(i, k)[None]}
+        rgba = exported.render({**inputs, "eye": np.array([data.eye(i)], np.float32)})
         lines.append(np.hstack([data.frame(i).rgb, over_background(rgba[0], data.background())]))
     write_png(out, np.vstack(lines))
     shutil.rmtree(scratch, ignore_errors=True)
@@ -144,7 +145,7 @@ def main() -> int:
         console.print(f"API at {stack.base_url}  (docs: {stack.base_url}/docs)")
 
         avatar = client.create_avatar(
-            video, consent=True, name="demo", renderer="radnerf", preset=plan.preset,
+            video, consent=True, name="demo", preset=plan.preset,
             metadata={"source": str(video)},
         )  # fmt: skip
         avatar = follow(client, "avatar", avatar["id"], "building avatar")

@@ -1,9 +1,10 @@
-"""Run NVIDIA Triton from the `nvidia-pytriton` wheel against `triton_models/` (tests, benches).
+"""Run NVIDIA Triton from the `nvidia-pytriton` wheel over a generated model repository.
 
-Production runs the official `tritonserver` image over the same repository; this starts the
-wheel's server binary (python backend only) the way ARCHITECTURE §7 describes: a private
-copy of the server tree with the stub for the running Python, libpython on the library
-path, the venv's `bin` first on PATH so the stub imports this environment's packages.
+Tests and benches use this; production runs the official `tritonserver` image over the
+repository `talkinghead triton-repo` writes. The wheel's server binary (python backend only)
+needs a private copy of the server tree with the stub for the running Python, libpython on
+the library path, and the venv's `bin` first on PATH so the stub imports this environment's
+packages (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from types import TracebackType
 import httpx
 
 from services.embedded import free_port
-
-REPOSITORY = Path(__file__).resolve().parent.parent / "triton_models"
+from services.renderer.triton_repo import write_repository
+from talkinghead.families.registry import family_names
 
 
 class TritonUnavailable(RuntimeError):
@@ -48,12 +49,12 @@ class TritonServer:
 
     def __init__(
         self,
-        models: tuple[str, ...] = ("radnerf",),
+        models: tuple[str, ...] | None = None,
         env: dict[str, str] | None = None,
-        repository: Path = REPOSITORY,
+        repository: Path | None = None,
         startup_s: float = 120.0,
     ) -> None:
-        self.models = models
+        self.models = tuple(family_names() if models is None else models)
         self.env = env or {}
         self.repository = repository
         self.startup_s = startup_s
@@ -86,6 +87,9 @@ class TritonServer:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
         shutil.copy2(stub, server / "backends" / "python" / "triton_python_backend_stub")
+        if self.repository is None:  # generated from the registry, as in the images
+            self.repository = self.workspace / "models"
+            write_repository(self.repository, self.models)
         libs = [
             str(sysconfig.get_config_var("LIBDIR")),
             str(tree.parent.parent / "nvidia_pytriton.libs"),

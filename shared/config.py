@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     min_video_side: int = Field(256, ge=16, description="Smallest shorter side in pixels.")
     max_video_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_audio_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest source photo.")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Most pixels a source photo may have (checked pre-decode)."
+    )
+    min_image_side: int = Field(256, ge=16, description="Smallest shorter side of a photo in px.")
     presign_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600)
     page_size_max: int = Field(100, gt=0)
 

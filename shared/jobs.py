@@ -25,18 +25,26 @@ from shared.db.models import (
 from shared.db.session import session_scope
 from shared.resources import avatar_view, render_view
 from shared.telemetry import JOB_FAILURES, JOB_TRANSITIONS, STAGE_DURATION
+from talkinghead.families.contract import AVATAR_STAGES, VIDEO_STAGES
 
 log = logging.getLogger(__name__)
 
-# Each kind's stages in order; the job's status names the stage it is in.
+# Each kind's stages in order; the job's status names the stage it is in. An avatar job
+# carries its family's stages (pinned at creation); this table serves jobs made before that.
 PIPELINES: dict[str, tuple[str, ...]] = {
-    "avatar": ("ingesting", "preprocessing", "training", "exporting"),
+    "avatar": VIDEO_STAGES,
     "render": ("rendering", "encoding"),
+}
+# Every state of each kind, over all registered families (metrics, docs).
+KIND_STATES: dict[str, tuple[str, ...]] = {
+    "avatar": ("queued", *AVATAR_STAGES, "ready", "failed", "cancelled"),
+    "render": ("queued", "rendering", "encoding", "done", "failed", "cancelled"),
 }
 SUCCESS = {"avatar": JobStatus.ready.value, "render": JobStatus.done.value}
 STAGE_TASKS = {
     "ingesting": "talkinghead.ingest",
     "preprocessing": "talkinghead.preprocess",
+    "preparing": "talkinghead.prepare",
     "training": "talkinghead.train_segment",
     "exporting": "talkinghead.export",
     "rendering": "talkinghead.render",
@@ -68,9 +76,16 @@ class StepResult:
     metrics: dict[str, Any] | None = None
 
 
-def next_status(kind: str, status: str) -> str:
-    """The status after `status` finishes (the first stage after `queued`)."""
-    stages = PIPELINES[kind]
+def job_stages(job: Job) -> tuple[str, ...]:
+    """The job's stages in order."""
+    return tuple(job.stages) if job.stages else PIPELINES[job.kind]
+
+
+def next_status(job: Job, status: str | None = None) -> str:
+    """The status after `status` (default: the job's) finishes; the first stage after queued."""
+    status = job.status if status is None else status
+    kind = job.kind
+    stages = job_stages(job)
     if status == JobStatus.queued.value:
         return stages[0]
     idx = stages.index(status)
@@ -81,7 +96,7 @@ def task_name_for(job: Job) -> str | None:
     """The Celery task that runs the job's current step, or None when terminal."""
     if job.status in TERMINAL:
         return None
-    status = next_status(job.kind, job.status) if job.status == "queued" else job.status
+    status = next_status(job) if job.status == "queued" else job.status
     return STAGE_TASKS[status]
 
 
@@ -119,7 +134,7 @@ class JobService:
             job = s.get(Job, job_id)
             if job is None or job.segment != step or job.status in TERMINAL:
                 return None
-            status = next_status(job.kind, job.status) if job.status == "queued" else job.status
+            status = next_status(job) if job.status == "queued" else job.status
             res = s.execute(
                 update(Job)
                 .where(
@@ -189,7 +204,7 @@ class JobService:
     def complete_step(self, job: Job, owner: str, result: StepResult) -> bool:
         """Record a finished step and move to the next segment, stage or success."""
         now = utcnow()
-        new_status = job.status if result.again else next_status(job.kind, job.status)
+        new_status = job.status if result.again else next_status(job)
         if new_status in TERMINAL:
             return self.finish(
                 job.id,

@@ -1,4 +1,4 @@
-"""The Celery app: queues, routing and the delivery guarantees of ARCHITECTURE §5."""
+"""The Celery app: queues, routing and the delivery guarantees (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ QUEUES = ("ingest", "preprocess", "train", "render", "webhooks")
 TASK_ROUTES = {
     "talkinghead.ingest": "ingest",
     "talkinghead.preprocess": "preprocess",
+    "talkinghead.prepare": "preprocess",
     "talkinghead.train_segment": "train",
     "talkinghead.export": "train",
     "talkinghead.render": "render",

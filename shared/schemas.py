@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-# The families this build can train. `still` stays the default until radnerf avatars render.
-RendererName = Literal["still", "radnerf"]
-# Training presets: `tiny` is for tests and the CI demo (seconds-to-minutes on a CPU, low
-# quality), `cpu-quick` for CPU users, `gpu-standard` the paper's schedule on a GPU.
-PresetName = Literal["tiny", "cpu-quick", "gpu-standard"]
-RENDERERS: tuple[str, ...] = get_args(RendererName)
-PRESETS: tuple[str, ...] = get_args(PresetName)
-AvatarStatus = Literal[
-    "queued", "ingesting", "preprocessing", "training", "exporting", "ready", "failed", "cancelled"
-]
+from talkinghead.families.contract import SOURCES
+from talkinghead.families.registry import DEFAULT_FAMILY, families
+
+
+def _literal(values: tuple[str, ...]) -> Any:
+    # A Literal built at import time from the registry, so the OpenAPI document lists exactly
+    # the families (and their presets and stages) this installation serves.
+    return Literal[values]  # type: ignore[valid-type]
+
+
+_FAMILIES = families()
+RENDERERS: tuple[str, ...] = tuple(_FAMILIES)
+PRESETS: tuple[str, ...] = tuple(dict.fromkeys(p for f in _FAMILIES.values() for p in f.presets))
+AVATAR_STATUSES: tuple[str, ...] = (
+    "queued",
+    *dict.fromkeys(stage for f in _FAMILIES.values() for stage in f.stages),
+    "ready",
+    "failed",
+    "cancelled",
+)
+RendererName = _literal(RENDERERS)
+PresetName = _literal(PRESETS)
+SourceKind = _literal(SOURCES)
+AvatarStatus = _literal(AVATAR_STATUSES)
 RenderStatus = Literal["queued", "rendering", "encoding", "done", "failed", "cancelled"]
 
 Metadata = Annotated[
@@ -57,20 +71,46 @@ class JobInfo(BaseModel):
     heartbeat_at: datetime | None = None
 
 
+# Renderer and preset are strings checked against the registry when a request is validated, not
+# Literals frozen at import: a family registered later in the process (an embedding application,
+# a test) is accepted. Their schemas still list the families and presets known at import.
+RendererField = Annotated[str, WithJsonSchema({"enum": list(RENDERERS), "type": "string"})]
+PresetField = Annotated[str, WithJsonSchema({"enum": list(PRESETS), "type": "string"})]
+
+
 class AvatarCreate(StrictModel):
-    """JSON body of `POST /v1/avatars` when the video came through `POST /v1/uploads`."""
+    """JSON body of `POST /v1/avatars` when the video or photo came through `POST /v1/uploads`."""
 
     upload_id: str = Field(min_length=1, max_length=40)
     consent: bool
     name: str = Field("", max_length=200)
-    renderer: RendererName = Field("still", description="Renderer family to train.")
-    preset: PresetName = Field(
-        "cpu-quick",
-        description="Training preset: `tiny` (tests and the CI demo only), `cpu-quick`, "
-        "`gpu-standard`.",
+    renderer: RendererField = Field(DEFAULT_FAMILY, description="Renderer family of the avatar.")
+    preset: PresetField | None = Field(
+        None,
+        description="The family's preset; its default when omitted. "
+        + "; ".join(
+            f"`{f.name}`: " + ", ".join(f"`{p.name}` ({p.description})" for p in f.presets.values())
+            for f in _FAMILIES.values()
+        ),
     )
     callback_url: str | None = Field(None, max_length=2000)
     metadata: Metadata = Field(default_factory=dict)
+
+    @field_validator("renderer")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        known = families()
+        if v not in known:
+            raise ValueError(f"unknown renderer family; choose one of {', '.join(known)}")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _registered_preset(cls, v: str | None) -> str | None:
+        known = dict.fromkeys(p for f in families().values() for p in f.presets)
+        if v is not None and v not in known:
+            raise ValueError(f"unknown preset; the families offer {', '.join(known)}")
+        return v
 
 
 class Avatar(BaseModel):
@@ -80,6 +120,7 @@ class Avatar(BaseModel):
     name: str
     renderer: str
     preset: str
+    source: SourceKind = Field(description="What the avatar is made from: a video or a photo.")
     status: AvatarStatus
     stage: str
     progress: float

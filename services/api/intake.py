@@ -37,10 +37,11 @@ from shared.db.models import (
     new_id,
     utcnow,
 )
-from shared.jobs import JobService
+from shared.jobs import PIPELINES, JobService
 from shared.netguard import ForbiddenTarget, check_callback_url
 from shared.resources import avatar_view, render_view
 from shared.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, tenant_key
+from talkinghead.families.registry import get_family
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +245,19 @@ class AvatarFields:
 
     @classmethod
     def from_model(cls, model: schemas.AvatarCreate) -> AvatarFields:
-        """Take the fields of a validated JSON or form body."""
+        """Take the fields of a validated JSON or form body; the preset must be the family's."""
+        family = get_family(model.renderer)
+        preset = model.preset or family.default_preset
+        if preset not in family.presets:
+            raise ApiError(
+                422,
+                "unknown_preset",
+                f"preset: {model.renderer} offers {', '.join(family.presets)}, not {preset!r}",
+            )
         return cls(
             model.name,
             model.renderer,
-            model.preset,
+            preset,
             callback_or_none(model.callback_url),
             model.metadata,
         )
@@ -467,11 +476,14 @@ def dispatch_job(jobs: JobService, job_id: str) -> None:
         log.warning("could not enqueue job %s", job_id, exc_info=True)
 
 
-def _new_job(tenant_id: str, kind: str, resource_id: str, now: datetime) -> Job:
+def _new_job(
+    tenant_id: str, kind: str, resource_id: str, now: datetime, stages: Iterable[str]
+) -> Job:
     return Job(
         tenant_id=tenant_id,
         kind=kind,
         resource_id=resource_id,
+        stages=list(stages),
         status=JobStatus.queued.value,
         stage="queued",
         progress=0.0,
@@ -511,7 +523,9 @@ def _avatar_commit(
             source_key=key,
             created_at=now,
         )
-        job = _new_job(intake.tenant_id, "avatar", avatar_id, now)
+        job = _new_job(
+            intake.tenant_id, "avatar", avatar_id, now, get_family(fields.renderer).stages
+        )
         session.add_all([avatar, job])
         session.flush()
         return avatar_view(avatar, job), job
@@ -620,7 +634,7 @@ def _render_commit(
             audio_key=key,
             created_at=now,
         )
-        job = _new_job(intake.tenant_id, "render", render_id, now)
+        job = _new_job(intake.tenant_id, "render", render_id, now, PIPELINES["render"])
         session.add_all([render, job])
         session.flush()
         return render_view(render, job, base_url), job

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job, JobStatus, utcnow
-from shared.jobs import PIPELINES, SUCCESS
+from shared.jobs import KIND_STATES
 from shared.queue import QUEUES
 from shared.storage import ObjectStore
 from shared.telemetry import JOBS_BY_STATE, OLDEST_QUEUED_AGE, QUEUE_DEPTH
@@ -18,18 +18,6 @@ from shared.telemetry import JOBS_BY_STATE, OLDEST_QUEUED_AGE, QUEUE_DEPTH
 log = logging.getLogger(__name__)
 
 BROKER_TIMEOUT_S = 1.0
-
-# Every state each kind can be in, so absent combinations scrape as 0 rather than vanish.
-KIND_STATES: dict[str, tuple[str, ...]] = {
-    kind: (
-        JobStatus.queued.value,
-        *stages,
-        SUCCESS[kind],
-        JobStatus.failed.value,
-        JobStatus.cancelled.value,
-    )
-    for kind, stages in PIPELINES.items()
-}
 
 
 def redis_client(url: str) -> redis.Redis | None:

@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 import json
-import tarfile
 
 from services.runner import JobContext, stage_task
+from services.sources import (
+    artifact_key,
+    avatar_of,
+    avatar_source,
+    family_errors,
+    family_of,
+    pack,
+    pinned_config,
+)
 from shared.jobs import JobError, StepResult
 from shared.storage import tenant_key
 from talkinghead.media import MediaError
 from talkinghead.preprocess.pipeline import PreprocessConfig, build_dataset
 
-# Side of the stored dataset per preset; the trainer resizes to its own training resolution.
-PRESET_SIZES = {"tiny": 128, "cpu-quick": 256, "gpu-standard": 512}
 START, END = 0.05, 0.2
-
-
-def artifact_key(ctx: JobContext, kind: str) -> str:
-    """The stored key of an artifact this avatar already has."""
-    art = ctx.artifact(kind)
-    if art is None:
-        raise JobError("internal_error", f"missing {kind} artifact")
-    return art.key
+PREPARE_END = 0.6
 
 
 @stage_task("talkinghead.preprocess")
 def preprocess(ctx: JobContext) -> StepResult:
     """Track, pose, segment and featurise the video; store the dataset as one tar."""
-    avatar = ctx.resource()
+    avatar = avatar_of(ctx)
+    family = family_of(avatar)
+    preset = family.presets.get(avatar.preset)
+    if preset is None:
+        raise JobError("unknown_preset", f"{family.name} has no preset {avatar.preset!r}")
     video = ctx.fetch(artifact_key(ctx, "video"), "video.mp4")
     audio = ctx.fetch(artifact_key(ctx, "audio"), "audio.wav")
     config = PreprocessConfig(
-        size=PRESET_SIZES.get(avatar.preset, 256),  # type: ignore[union-attr]
+        size=preset.source_size,
         min_segment_s=ctx.settings.min_video_s,
         audio_encoder="pretrained" if ctx.settings.audio_encoder_path else "logmel",
         audio_encoder_path=ctx.settings.audio_encoder_path,
@@ -53,9 +56,7 @@ def preprocess(ctx: JobContext) -> StepResult:
     except MediaError as exc:
         raise JobError(exc.code, exc.message) from exc
     ctx.pause()
-    archive = ctx.workdir / "dataset.tar"
-    with tarfile.open(archive, "w") as tar:  # uncompressed: frames are already JPEG/PNG
-        tar.add(out, arcname="dataset")
+    archive = pack(out, ctx.workdir / "dataset.tar")
     prefix = ("avatars", avatar.id, "dataset")
     ctx.save_artifact(
         "dataset",
@@ -67,3 +68,22 @@ def preprocess(ctx: JobContext) -> StepResult:
     report_path = out / "manifest.json"
     quality = json.loads(report_path.read_text()).get("quality", {})
     return StepResult(progress=END, metrics={"dataset": quality})
+
+
+@stage_task("talkinghead.prepare")
+def prepare(ctx: JobContext) -> StepResult:
+    """A photo family's preparation of its source (instead of training); stored as one tar."""
+    avatar = avatar_of(ctx)
+    family = family_of(avatar)
+    config = pinned_config(ctx, family, avatar)
+    source = avatar_source(ctx, family)
+    out = ctx.workdir / "prepared"
+    out.mkdir()
+    with family_errors():
+        metrics = family.prepare(source, out, config)
+    ctx.pause()
+    ctx.check()
+    archive = pack(out, ctx.workdir / "prepared.tar")
+    key = tenant_key(ctx.job.tenant_id, "avatars", avatar.id, "prepared", "prepared.tar")
+    ctx.save_artifact("prepared", key, archive, content_type="application/x-tar")
+    return StepResult(state={"config": config}, progress=PREPARE_END, metrics={"prepared": metrics})

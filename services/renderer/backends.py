@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -15,13 +16,23 @@ class RenderBackendError(RuntimeError):
     """The backend could not render (server down, model error)."""
 
 
-class FrameBackend(Protocol):
-    """Renders B frames of one avatar from per-frame conditions."""
+# numpy dtype name -> Triton datatype of the generated model configs and requests.
+TRITON_DTYPES = {
+    "float32": "FP32", "float16": "FP16", "float64": "FP64", "int32": "INT32",
+    "int64": "INT64", "uint8": "UINT8", "bool": "BOOL",
+}  # fmt: skip
 
-    def render(
-        self, avatar_id: str, poses: np.ndarray, audio: np.ndarray, eyes: np.ndarray
-    ) -> np.ndarray:
-        """(B, 4, 4), (B, K, W, D), (B,) -> (B, size, size, 4) uint8 premultiplied RGBA."""
+
+def triton_input_name(name: str) -> str:
+    """The Triton tensor name of a named renderer input."""
+    return name.upper()
+
+
+class FrameBackend(Protocol):
+    """Renders B frames of one avatar from its named per-frame inputs."""
+
+    def render(self, avatar_id: str, family: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """{name: (B, *shape)} -> (B, height, width, 4) uint8 premultiplied RGBA."""
         ...
 
 
@@ -31,24 +42,17 @@ class InProcessBackend:
     def __init__(self, cache: AvatarCache) -> None:
         self.cache = cache
 
-    def render(
-        self, avatar_id: str, poses: np.ndarray, audio: np.ndarray, eyes: np.ndarray
-    ) -> np.ndarray:
+    def render(self, avatar_id: str, family: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Render with the cached export."""
-        return self.cache.get(avatar_id).render(poses, audio, eyes)
+        return self.cache.get(avatar_id).render(inputs)
 
 
 class TritonBackend:
-    """Frames from a Triton server's renderer model, over HTTP or gRPC."""
+    """Frames from a Triton server's renderer models (one per family), over HTTP or gRPC."""
 
     def __init__(
-        self,
-        url: str,
-        protocol: Literal["http", "grpc"] = "http",
-        model: str = "radnerf",
-        timeout_s: float = 120.0,
+        self, url: str, protocol: Literal["http", "grpc"] = "http", timeout_s: float = 120.0
     ) -> None:
-        self.model = model
         self.protocol = protocol
         self.timeout_s = timeout_s
         self.client: Any
@@ -70,31 +74,34 @@ class TritonBackend:
         tensor.set_data_from_numpy(array)
         return tensor
 
-    def render(
-        self, avatar_id: str, poses: np.ndarray, audio: np.ndarray, eyes: np.ndarray
-    ) -> np.ndarray:
-        """One inference request carrying the B frames."""
+    def render(self, avatar_id: str, family: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One inference request carrying the B frames to the family's model."""
         from tritonclient.utils import InferenceServerException
 
-        b = len(poses)
-        inputs = [
+        b = len(next(iter(inputs.values())))
+        tensors = [
             self._input(
                 "AVATAR_ID", np.array([[avatar_id.encode()]] * b, dtype=np.object_), "BYTES"
-            ),
-            self._input("POSE", np.ascontiguousarray(poses, np.float32), "FP32"),
-            self._input("AUDIO", np.ascontiguousarray(audio, np.float32), "FP32"),
-            self._input("EYE", np.ascontiguousarray(eyes, np.float32).reshape(b, 1), "FP32"),
+            )
         ]
+        for name, value in inputs.items():
+            array = np.ascontiguousarray(value)
+            if array.ndim == 1:  # a scalar per frame travels as dims [1]
+                array = array.reshape(b, 1)
+            dtype = TRITON_DTYPES.get(array.dtype.name)
+            if dtype is None:
+                raise RenderBackendError(f"input {name!r} has dtype {array.dtype}, not servable")
+            tensors.append(self._input(triton_input_name(name), array, dtype))
         outputs = [self._mod.InferRequestedOutput("RGBA")]
         try:
             if self.protocol == "grpc":
                 result = self.client.infer(
-                    self.model, inputs, outputs=outputs, client_timeout=self.timeout_s
+                    family, tensors, outputs=outputs, client_timeout=self.timeout_s
                 )
             else:
-                result = self.client.infer(self.model, inputs, outputs=outputs)
+                result = self.client.infer(family, tensors, outputs=outputs)
         except InferenceServerException as exc:
-            raise RenderBackendError(f"Triton {self.model}: {exc.message()}") from exc
+            raise RenderBackendError(f"Triton {family}: {exc.message()}") from exc
         rgba: np.ndarray = result.as_numpy("RGBA")
         return rgba
 

@@ -59,13 +59,9 @@ class JobKind(str, enum.Enum):
 
 
 class JobStatus(str, enum.Enum):
-    """Every state of either job kind (ARCHITECTURE §3)."""
+    """The fixed states of jobs; an avatar's stages in between come from its renderer family."""
 
     queued = "queued"
-    ingesting = "ingesting"
-    preprocessing = "preprocessing"
-    training = "training"
-    exporting = "exporting"
     ready = "ready"
     rendering = "rendering"
     encoding = "encoding"
@@ -127,6 +123,7 @@ class Avatar(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     source_key: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(10), default="video", server_default="video")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -169,6 +166,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(60), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The stages of this job, pinned from its family at creation; None for older jobs.
+    stages: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

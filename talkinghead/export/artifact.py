@@ -2,12 +2,14 @@
 
 Layout of an exported avatar (a directory locally, a key prefix in the object store):
 
-- `manifest.json`  format, family, frame size, input shapes, the audio encoder spec, and the
-  sha256 and size of every other file (the manifest is written last: its presence commits
-  the export)
-- `renderer.ts`    TorchScript module: (pose (1, 4, 4) f32, audio (1, K, W, D) f32, eye (1,) f32)
-                   -> (1, size, size, 4) uint8 RGBA, colour premultiplied by alpha
-- `assets.npz`     camera K, background plate, the source's head poses and eye ratios
+- `manifest.json`  format, family, frame size, the renderer's named inputs (name, dtype,
+  per-frame shape, in call order), family facts (e.g. the audio encoder spec), and the sha256
+  and size of every other file (written last: its presence commits the export)
+- `renderer.ts`    TorchScript module: one frame's inputs, each with a leading axis of 1, in
+  the manifest's order -> (1, height, width, 4) uint8 RGBA, colour premultiplied by alpha
+- `assets.npz`     arrays the family needs at render time; always `background` (H, W, 3) uint8
+
+Format 2 (before families were plugins) had fixed inputs pose, audio and eye; it still loads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,10 @@ import numpy as np
 import torch
 
 from talkinghead.devices import default_device
-from talkinghead.rendering.controls import AvatarAssets
+from talkinghead.families.contract import InputSpec
 
-FORMAT = 2  # format 1 was the training checkpoint with EMA weights (no TorchScript)
+FORMAT = 3
+FORMATS = (2, 3)  # formats this version loads
 MANIFEST = "manifest.json"
 RENDERER = "renderer.ts"
 ASSETS = "assets.npz"
@@ -45,26 +49,73 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_assets(path: Path, assets: AvatarAssets) -> None:
-    """Write the render-time assets as an uncompressed npz (loads without pickle)."""
+def save_assets(path: Path, assets: Mapping[str, np.ndarray]) -> None:
+    """Write render-time arrays as an uncompressed npz (loads without pickle)."""
+    if "background" not in assets:
+        raise ValueError("assets need a background plate")
     with path.open("wb") as fh:
-        np.savez(
-            fh,
-            K=assets.K.astype(np.float32),
-            background=assets.background.astype(np.uint8),
-            poses=assets.poses.astype(np.float32),
-            eyes=assets.eyes.astype(np.float32),
-        )
+        np.savez(fh, **{k: np.asarray(v) for k, v in assets.items()})
 
 
-def load_assets(path: Path) -> AvatarAssets:
-    """Read assets written by `save_assets`."""
+def load_assets(path: Path) -> dict[str, np.ndarray]:
+    """Read arrays written by `save_assets`."""
     with np.load(path, allow_pickle=False) as z:
-        background = z["background"]
-        return AvatarAssets(
-            K=z["K"], size=int(background.shape[0]), background=background,
-            poses=z["poses"], eyes=z["eyes"],
-        )  # fmt: skip
+        return {k: z[k] for k in z.files}
+
+
+def manifest_inputs(manifest: Mapping[str, Any]) -> list[InputSpec]:
+    """The renderer's named inputs in call order (format 2 had pose, audio and eye)."""
+    inputs = manifest["inputs"]
+    if manifest.get("format") == 2:
+        return [
+            InputSpec("pose", tuple(inputs["pose"])),
+            InputSpec("audio", tuple(inputs["audio"])),
+            InputSpec("eye", tuple(inputs["eye"])),
+        ]
+    return [InputSpec.from_dict(item) for item in inputs]
+
+
+def frame_shape(manifest: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) of the frames the renderer returns."""
+    size = int(manifest["size"])
+    return int(manifest.get("height", size)), int(manifest.get("width", size))
+
+
+def write_export(
+    out_dir: Path,
+    module: torch.jit.ScriptModule,
+    assets: Mapping[str, np.ndarray],
+    family: str,
+    inputs: list[InputSpec],
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write renderer, assets and (last) the manifest into `out_dir`; returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.save(str(out_dir / RENDERER))
+    save_assets(out_dir / ASSETS, assets)
+    height, width = np.asarray(assets["background"]).shape[:2]
+    if any(-1 in spec.shape for spec in inputs):
+        raise ValueError("an export's input shapes are concrete (no -1)")
+    manifest: dict[str, Any] = {
+        **(info or {}),
+        "format": FORMAT,
+        "family": family,
+        "size": int(max(height, width)),
+        "height": int(height),
+        "width": int(width),
+        "fps": 25,
+        "inputs": [spec.to_dict() for spec in inputs],
+        "output": "uint8 RGBA (height, width, 4), colour premultiplied by alpha",
+        "torch": torch.__version__,
+        "files": {
+            name: {"sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size}
+            for name in FILES
+        },
+    }
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(out_dir / MANIFEST)
+    return manifest
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -76,9 +127,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except ValueError as exc:
         raise ArtifactError(f"unreadable manifest: {exc}") from None
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in FORMATS:
         raise ArtifactError(
-            f"export format {manifest.get('format')!r} is not {FORMAT}; export the avatar again"
+            f"export format {manifest.get('format')!r} is not one of {FORMATS}; "
+            "export the avatar again"
         )
     missing = [name for name in FILES if name not in manifest.get("files", {})]
     if missing:
@@ -111,10 +163,10 @@ def load_module(path: Path, device: torch.device) -> torch.jit.ScriptModule:
 
 @dataclass
 class ExportedAvatar:
-    """A verified, loaded export: renders frames from per-frame conditions."""
+    """A verified, loaded export: renders frames from named per-frame inputs."""
 
     manifest: dict[str, Any]
-    assets: AvatarAssets
+    assets: dict[str, np.ndarray]
     module: torch.jit.ScriptModule
     device: torch.device
 
@@ -130,32 +182,63 @@ class ExportedAvatar:
         )  # fmt: skip
 
     @property
+    def family(self) -> str:
+        """The renderer family that made the export."""
+        return str(self.manifest.get("family", ""))
+
+    @property
     def size(self) -> int:
-        """Frame side in pixels."""
+        """Frame side in pixels (the longer side of a non-square frame)."""
         return int(self.manifest["size"])
 
     @property
-    def audio_shape(self) -> tuple[int, int, int]:
-        """(K, W, D): attention windows, window length, feature width of one frame's audio."""
-        k, w, d = self.manifest["inputs"]["audio"]
-        return int(k), int(w), int(d)
+    def frame_shape(self) -> tuple[int, int]:
+        """(height, width) of a rendered frame."""
+        return frame_shape(self.manifest)
+
+    @property
+    def inputs(self) -> list[InputSpec]:
+        """The named per-frame inputs, in call order."""
+        return manifest_inputs(self.manifest)
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """The per-frame shape of input `name`; KeyError when the renderer has none."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec.shape
+        raise KeyError(f"this renderer takes no input {name!r}")
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """The batch size B; ValueError naming what is missing or mis-shaped."""
+        specs = self.inputs
+        missing = [s.name for s in specs if s.name not in inputs]
+        if missing:
+            raise ValueError(
+                f"missing inputs {missing}; this renderer takes {[s.name for s in specs]}"
+            )
+        sizes = {len(inputs[s.name]) for s in specs}
+        if len(sizes) != 1:
+            raise ValueError(f"every input needs the same number of frames, got {sorted(sizes)}")
+        for spec in specs:
+            got = tuple(np.shape(inputs[spec.name])[1:])
+            if got != spec.shape:
+                raise ValueError(f"{spec.name}: need (B, {spec.shape}) per frame, got {got}")
+        return sizes.pop()
 
     @torch.no_grad()
-    def render(self, poses: np.ndarray, audio: np.ndarray, eyes: np.ndarray) -> np.ndarray:
-        """(B, size, size, 4) uint8 premultiplied RGBA for B frames' conditions."""
-        b = len(poses)
-        if audio.shape[1:] != self.audio_shape or len(audio) != b or len(eyes) != b:
-            raise ValueError(
-                f"need B poses (4, 4), audio (B, {self.audio_shape}), eyes (B,); got "
-                f"{poses.shape}, {audio.shape}, {eyes.shape}"
-            )
-        out = np.empty((b, self.size, self.size, 4), np.uint8)
+    def render(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(B, height, width, 4) uint8 premultiplied RGBA for B frames' named inputs."""
+        specs = self.inputs
+        b = self.check_inputs(inputs)
+        height, width = self.frame_shape
+        out = np.empty((b, height, width, 4), np.uint8)
         # The traced graph renders one frame; a batch is a loop (the cost is per pixel anyway).
         for i in range(b):
-            frame = self.module(
-                torch.as_tensor(poses[i : i + 1], dtype=torch.float32, device=self.device),
-                torch.as_tensor(audio[i : i + 1], dtype=torch.float32, device=self.device),
-                torch.as_tensor(eyes[i : i + 1], dtype=torch.float32, device=self.device),
-            )
-            out[i] = frame[0].cpu().numpy()
+            args = [
+                torch.as_tensor(
+                    np.asarray(inputs[s.name][i : i + 1], dtype=s.dtype), device=self.device
+                )
+                for s in specs
+            ]
+            out[i] = self.module(*args)[0].cpu().numpy()
         return out

@@ -26,8 +26,8 @@ from shared.db.session import session_scope
 from shared.exports import download_export, export_prefix, manifest_key
 from shared.storage import build_store, tenant_key
 from shared.tenants import create_tenant
-from talkinghead.configs import preset
 from talkinghead.export.artifact import ExportedAvatar
+from talkinghead.families.radnerf.config import preset
 from talkinghead.synthetic import generate, speech
 
 TINY = preset("tiny").train

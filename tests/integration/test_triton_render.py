@@ -34,10 +34,10 @@ from shared.storage import LocalObjectStore
 from shared.tenants import create_tenant
 from talkinghead.data.frames import TrainingData
 from talkinghead.export.artifact import ExportedAvatar
-from talkinghead.export.package import export_avatar
+from talkinghead.families.radnerf.driving import assets_of, speech_features
+from talkinghead.families.radnerf.export import assets_from_arrays, export_avatar
 from talkinghead.metrics import FaceMeter, lipsync_proxy, psnr_from_mse
-from talkinghead.models.driving import assets_of, speech_features
-from talkinghead.rendering.controls import frame_batches
+from talkinghead.rendering.controls import FrameBatch, frame_batches
 from talkinghead.synthetic import generate
 from tests.fixtures.avatars import TrainedAvatar
 
@@ -54,6 +54,11 @@ class Served:
     avatar: dict[str, Any]
     store: LocalObjectStore
     data: TrainingData
+
+
+def named(batch: FrameBatch) -> dict[str, np.ndarray]:
+    """A RAD-NeRF frame batch as the renderer's named inputs."""
+    return {"pose": batch.poses, "audio": batch.audio, "eye": batch.eyes}
 
 
 def _artifact(stack: EmbeddedStack, resource_id: str, kind: str) -> str:
@@ -138,15 +143,17 @@ def test_triton_frames_equal_the_in_process_backend(served: Served, tmp_path: Pa
     wave, _ = sf.read(request.audio, dtype="float32")
     exported = AvatarCache(served.store).get(avatar_id)
     features = speech_features(wave, exported.manifest["audio"])
-    k, w, _ = exported.audio_shape
+    k, w, _ = exported.input_shape("audio")
     pose = np.stack([np.reshape(p, (4, 4)) for p in request.options["pose"]]).astype(np.float32)
     local = InProcessBackend(AvatarCache(served.store))
     remotes = [TritonBackend(served.triton.http_url), TritonBackend(served.triton.grpc_url, "grpc")]
     compared = 0
-    for batch in frame_batches(exported.assets, features[:24], k, pose, "natural", 8, w // 2):
-        ours = local.render(avatar_id, batch.poses, batch.audio, batch.eyes)
+    for batch in frame_batches(
+        assets_from_arrays(exported.assets), features[:24], k, pose, "natural", 8, w // 2
+    ):
+        ours = local.render(avatar_id, "radnerf", named(batch))
         for remote in remotes:
-            theirs = remote.render(avatar_id, batch.poses, batch.audio, batch.eyes)
+            theirs = remote.render(avatar_id, "radnerf", named(batch))
             assert theirs.shape == ours.shape == (len(batch.poses), 128, 128, 4)
             assert int(np.abs(theirs.astype(np.int16) - ours).max()) <= 1
         assert ours[..., 3].mean() > 50  # real frames, not an empty layer
@@ -225,10 +232,14 @@ def test_two_avatars_render_concurrently_through_one_model(
     local = InProcessBackend(AvatarCache(served.store))
     for avatar_id in (first, second):
         ex: ExportedAvatar = local.cache.get(avatar_id)
-        k, w, d = ex.audio_shape
+        k, w, d = ex.input_shape("audio")
         audio = np.random.default_rng(7).normal(0, 1, (4, k, w, d)).astype(np.float32)
-        conditions[avatar_id] = (ex.assets.poses[:4], audio, ex.assets.eyes[:4])
-        expected[avatar_id] = local.render(avatar_id, *conditions[avatar_id])
+        conditions[avatar_id] = {
+            "pose": ex.assets["poses"][:4],
+            "audio": audio,
+            "eye": ex.assets["eyes"][:4],
+        }
+        expected[avatar_id] = local.render(avatar_id, "radnerf", conditions[avatar_id])
     assert not np.array_equal(expected[first], expected[second])  # two different avatars
 
     results: dict[str, list[np.ndarray]] = {first: [], second: []}
@@ -238,7 +249,9 @@ def test_two_avatars_render_concurrently_through_one_model(
         backend = TritonBackend(served.triton.http_url)
         try:
             for _ in range(3):
-                results[avatar_id].append(backend.render(avatar_id, *conditions[avatar_id]))
+                results[avatar_id].append(
+                    backend.render(avatar_id, "radnerf", conditions[avatar_id])
+                )
         except BaseException as exc:  # re-raised in the test thread
             errors.append(exc)
 
@@ -281,9 +294,13 @@ def test_lru_evicts_and_reloads_avatars(served: Served, tmp_path: Path) -> None:
     with TritonServer(env=env) as triton:
         backend = TritonBackend(triton.http_url)
         ex = AvatarCache(served.store).get(first)
-        k, w, d = ex.audio_shape
-        args = (ex.assets.poses[:1], np.zeros((1, k, w, d), np.float32), ex.assets.eyes[:1])
-        outputs = [backend.render(a, *args) for a in (first, second, first, first)]
+        k, w, d = ex.input_shape("audio")
+        args = {
+            "pose": ex.assets["poses"][:1],
+            "audio": np.zeros((1, k, w, d), np.float32),
+            "eye": ex.assets["eyes"][:1],
+        }
+        outputs = [backend.render(a, "radnerf", args) for a in (first, second, first, first)]
         events = _cache_events(triton)
     assert events == {"load": 3.0, "evict": 2.0, "hit": 1.0}
     assert all(np.array_equal(o, outputs[0]) for o in outputs)  # reloaded, same frames

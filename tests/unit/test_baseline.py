@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from talkinghead.configs import TINY, preset
+from talkinghead.components.rays import box_intersection
 from talkinghead.data.rays import sample_rays
-from talkinghead.models.baseline import BaselineNerf, sample_pdf, stratified_depths
-from talkinghead.models.factory import build_model
-from talkinghead.models.radnerf import Conditions, RadNerf
-from talkinghead.rendering.rays import box_intersection
+from talkinghead.families.radnerf.adnerf_baseline import BaselineNerf, sample_pdf, stratified_depths
+from talkinghead.families.radnerf.config import TINY, preset
+from talkinghead.families.radnerf.model import Conditions, RadNerf
+from talkinghead.families.radnerf.training import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURE_DIM = 8
@@ -89,8 +89,7 @@ def test_interface_the_trainer_uses(model: BaselineNerf) -> None:
     assert {id(p) for p in model.parameters()} - unused == head
     assert model.mean_translation.shape == (3,) and model.eye_scale.shape == ()
     assert model.occupancy_threshold.shape == ()
-    built = build_model("baseline", TINY.model, 10, FEATURE_DIM)
-    assert isinstance(built, BaselineNerf)
+    assert MODELS["adnerf"] is BaselineNerf
 
 
 def test_stratified_depths_one_per_stratum() -> None:
@@ -165,7 +164,7 @@ def test_render_frames(model: BaselineNerf) -> None:
 
 def test_trainer_steps_reduce_the_loss(dataset: Path, tmp_path: Path) -> None:
     """The baseline trains through the same Trainer (head stage only) and its loss falls."""
-    from talkinghead.training.trainer import Trainer
+    from talkinghead.families.radnerf.training import RadNerfTrainer
 
     config = preset(
         "tiny",
@@ -176,14 +175,16 @@ def test_trainer_steps_reduce_the_loss(dataset: Path, tmp_path: Path) -> None:
         frames_per_step=1,
         resolution=64,
     )
-    trainer = Trainer(dataset, tmp_path, config, torch.device("cpu"), family="baseline")
+    trainer = RadNerfTrainer(dataset, tmp_path, config, torch.device("cpu"), model="adnerf")
     assert isinstance(trainer.model, BaselineNerf)
     k = config.model.attention_window
     batch = sample_rays(trainer.data, np.random.default_rng(123), 2, 256, 0.8, "headless", k)
 
     def held_loss() -> float:
         with torch.no_grad():
-            return float(trainer._head_loss(batch, torch.Generator().manual_seed(0))[0])
+            return float(
+                trainer.recipe._head_loss(batch, trainer.step, torch.Generator().manual_seed(0))[0]
+            )
 
     before = held_loss()
     assert trainer.run() == 8

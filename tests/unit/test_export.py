@@ -21,11 +21,11 @@ from talkinghead.export.artifact import (
     ArtifactError,
     ExportedAvatar,
 )
-from talkinghead.export.package import export_avatar, max_difference
-from talkinghead.models.driving import assets_of, speech_features
+from talkinghead.families.radnerf.driving import assets_of, speech_features
+from talkinghead.families.radnerf.evaluation import frame_conditions
+from talkinghead.families.radnerf.export import assets_from_arrays, export_avatar, max_difference
 from talkinghead.rendering.controls import frame_batches
 from talkinghead.synthetic import speech
-from talkinghead.training.evaluation import frame_conditions
 from tests.fixtures.avatars import TrainedAvatar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,9 +65,11 @@ def test_export_matches_under_new_speech_poses_and_closed_eyes(
     avatar = ExportedAvatar.load(exported, torch.device("cpu"))
     wave = speech(tmp_path / "s.wav", "Completely different words.", "en-us+f3", 1.0)
     features = speech_features(wave, avatar.manifest["audio"])
-    k, w, _ = avatar.audio_shape
-    closed = np.full(len(features), float(avatar.assets.eyes.min()), np.float32)
-    batch = next(frame_batches(avatar.assets, features, k, "source", closed, 6, w // 2))
+    k, w, _ = avatar.input_shape("audio")
+    closed = np.full(len(features), float(avatar.assets["eyes"].min()), np.float32)
+    batch = next(
+        frame_batches(assets_from_arrays(avatar.assets), features, k, "source", closed, 6, w // 2)
+    )
     with trainer.ema.applied():
         worst = max_difference(trainer.model, avatar, batch.poses, batch.audio, batch.eyes)
     assert worst <= 1
@@ -108,9 +110,10 @@ import numpy as np
 from pathlib import Path
 from talkinghead.export.artifact import ExportedAvatar
 avatar = ExportedAvatar.load(Path(sys.argv[1]))
-k, w, d = avatar.audio_shape
+k, w, d = avatar.input_shape("audio")
 a = avatar.assets
-rgba = avatar.render(a.poses[:1], np.zeros((1, k, w, d), np.float32), a.eyes[:1])
+silence = np.zeros((1, k, w, d), np.float32)
+rgba = avatar.render({"pose": a["poses"][:1], "audio": silence, "eye": a["eyes"][:1]})
 loaded = sorted(m for m in sys.modules if m.startswith("talkinghead."))
 print(rgba.shape, rgba.dtype, int(rgba[..., 3].max()), ",".join(loaded))
 """

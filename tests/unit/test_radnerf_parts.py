@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talkinghead.configs import TINY, GridConfig, RadNerfConfig, preset
+from talkinghead.components.grids import PlaneEncoder, TriPlaneEncoder
+from talkinghead.components.occupancy import MaxOccupancyGrid
+from talkinghead.components.rays import box_intersection, head_rays
+from talkinghead.components.volume import composite, occupied_samples
 from talkinghead.data.frames import audio_stack
-from talkinghead.fields.grids import PlaneEncoder, TriPlaneEncoder
-from talkinghead.models.radnerf import Conditions, RadNerf
+from talkinghead.families.radnerf.config import TINY, GridConfig, RadNerfConfig, preset
+from talkinghead.families.radnerf.model import Conditions, RadNerf
 from talkinghead.preprocess.audio import window_at
-from talkinghead.rendering.occupancy import MaxOccupancyGrid
-from talkinghead.rendering.rays import box_intersection, head_rays
-from talkinghead.rendering.volume import composite, occupied_samples
 
 
 def test_plane_encoder_interpolates_and_learns() -> None:

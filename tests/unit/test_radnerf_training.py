@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from talkinghead.configs import preset
+from talkinghead.families.radnerf.config import preset
+from talkinghead.families.radnerf.driving import assets_of, drive, pose_track, speech_features
+from talkinghead.families.radnerf.training import RadNerfTrainer
 from talkinghead.metrics import FaceMeter, pearson, shuffled_order
-from talkinghead.models.driving import assets_of, drive, pose_track, speech_features
 from talkinghead.synthetic import envelope, speech
-from talkinghead.training.trainer import CHECKPOINT, Trainer
+from talkinghead.training.trainer import CHECKPOINT
 from tests.fixtures.avatars import TrainedAvatar
 
 # The first test to ask for the shared avatar pays for its training (minutes on 2 cores).
@@ -118,8 +119,8 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from tests.unit.test_radnerf_training import _small_config
-from talkinghead.training.trainer import Trainer
-t = Trainer(Path(sys.argv[1]), Path(sys.argv[2]), _small_config())
+from talkinghead.families.radnerf.training import RadNerfTrainer
+t = RadNerfTrainer(Path(sys.argv[1]), Path(sys.argv[2]), _small_config())
 t.run(progress=lambda r: print(r.step, flush=True))
 """
 
@@ -140,7 +141,7 @@ def test_killed_run_resumes_with_only_the_remaining_steps_and_same_weights(
 
 
 def _kill_and_resume(dataset: Path, config: object, tmp_path: Path) -> None:
-    reference = Trainer(dataset, tmp_path / "reference", config)  # type: ignore[arg-type]
+    reference = RadNerfTrainer(dataset, tmp_path / "reference", config)  # type: ignore[arg-type]
     assert reference.run() == reference.total_steps
     # The same run in another process, killed with SIGKILL once it is past a checkpoint.
     work = tmp_path / "killed"
@@ -159,7 +160,7 @@ def _kill_and_resume(dataset: Path, config: object, tmp_path: Path) -> None:
             break
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
-    resumed = Trainer(dataset, work, config)  # type: ignore[arg-type]
+    resumed = RadNerfTrainer(dataset, work, config)  # type: ignore[arg-type]
     assert resumed.state.step == 20
     assert resumed.run() == resumed.total_steps - 20
     for name, value in reference.model.state_dict().items():
@@ -174,17 +175,17 @@ def test_checkpoint_from_another_configuration_is_refused(
 ) -> None:
     _, dataset = synthetic_dataset
     config = _small_config()
-    Trainer(dataset, tmp_path, config).run(5)  # type: ignore[arg-type]
+    RadNerfTrainer(dataset, tmp_path, config).run(5)  # type: ignore[arg-type]
     other = replace(config, train=replace(config.train, head_steps=41))  # type: ignore[type-var]
     with pytest.raises(ValueError, match="different configuration"):
-        Trainer(dataset, tmp_path, other)
+        RadNerfTrainer(dataset, tmp_path, other)
 
 
 def test_training_is_device_agnostic_on_cpu(
     synthetic_dataset: tuple[object, Path], tmp_path: Path
 ) -> None:
     _, dataset = synthetic_dataset
-    trainer = Trainer(dataset, tmp_path, _small_config(), device=torch.device("cpu"))  # type: ignore[arg-type]
+    trainer = RadNerfTrainer(dataset, tmp_path, _small_config(), device=torch.device("cpu"))  # type: ignore[arg-type]
     trainer.run(3)
     assert all(p.device.type == "cpu" for p in trainer.model.parameters())
     assert not math.isnan(trainer.state.losses[-1]["mse"])
@@ -205,9 +206,9 @@ def test_lips_stage_uses_an_lpips_model_from_a_local_path(
     torch.jit.script(_FakeLpips()).save(str(path))
     base = _small_config()
     config = replace(base, train=replace(base.train, head_steps=0, lips_steps=3))  # type: ignore[type-var]
-    trainer = Trainer(dataset, tmp_path / "run", config, lpips_path=path)
+    trainer = RadNerfTrainer(dataset, tmp_path / "run", config, lpips_path=path)
     report = trainer.train_step()
     assert report.stage == "lips"
     assert report.losses["patch"] == pytest.approx(0.125)  # the module's value, not 1 - SSIM
     with pytest.raises(ValueError, match="does not exist"):
-        Trainer(dataset, tmp_path / "run2", config, lpips_path=tmp_path / "missing.pt")
+        RadNerfTrainer(dataset, tmp_path / "run2", config, lpips_path=tmp_path / "missing.pt")

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from services.preprocess.tasks import PRESET_SIZES
 from services.renderer.tasks import render as render_task
-from services.trainer.radnerf import ProgressReporter
+from services.trainer.tasks import ProgressReporter
 from shared import schemas
 from shared.db.models import Avatar, Job
 from shared.db.session import session_scope
-from talkinghead.configs import PRESETS as LIBRARY_PRESETS
-from talkinghead.training.trainer import StepReport
+from talkinghead.families.contract import StepReport
+from talkinghead.families.radnerf.config import PRESETS as LIBRARY_PRESETS
+from talkinghead.families.registry import get_family
 from tests.unit.conftest import Api, Media
 from tests.unit.test_api_auth import assert_problem
 from tests.unit.test_api_avatars import post_avatar
@@ -21,9 +21,12 @@ from tests.unit.test_api_renders import post_render
 
 
 def test_every_preset_has_a_dataset_size_and_a_training_config() -> None:
-    assert set(schemas.PRESETS) == set(PRESET_SIZES) == set(LIBRARY_PRESETS)
-    assert PRESET_SIZES == {"tiny": 128, "cpu-quick": 256, "gpu-standard": 512}
-    assert schemas.RENDERERS == ("still", "radnerf")
+    family = get_family("radnerf")
+    assert set(family.presets) == set(LIBRARY_PRESETS)
+    sizes = {name: p.source_size for name, p in family.presets.items()}
+    assert sizes == {"tiny": 128, "cpu-quick": 256, "gpu-standard": 512}
+    assert schemas.RENDERERS[:2] == ("radnerf", "still")
+    assert set(schemas.PRESETS) >= set(LIBRARY_PRESETS)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu-quick", "gpu-standard"])
@@ -36,9 +39,9 @@ def test_radnerf_with_each_preset_is_accepted(api: Api, media: Media, preset: st
         assert row is not None and (row.renderer, row.preset) == ("radnerf", preset)
 
 
-def test_default_renderer_is_still(api: Api, media: Media) -> None:
+def test_default_renderer_is_radnerf(api: Api, media: Media) -> None:
     avatar = post_avatar(api, media).json()
-    assert (avatar["renderer"], avatar["preset"]) == ("still", "cpu-quick")
+    assert (avatar["renderer"], avatar["preset"]) == ("radnerf", "cpu-quick")
 
 
 def test_radnerf_through_an_upload(api: Api, media: Media) -> None:
@@ -70,11 +73,13 @@ def test_openapi_lists_the_families_and_presets(api: Api) -> None:
     doc = api.client.get("/openapi.json").json()
     form = doc["paths"]["/v1/avatars"]["post"]["requestBody"]["content"]["multipart/form-data"]
     props = form["schema"]["properties"]
-    assert props["renderer"]["enum"] == ["still", "radnerf"]
-    assert props["preset"]["enum"] == ["tiny", "cpu-quick", "gpu-standard"]
+    assert props["renderer"]["enum"][:2] == ["radnerf", "still"]
+    preset = props["preset"]
+    enums = [preset.get("enum")] + [alt.get("enum") for alt in preset.get("anyOf", [])]
+    assert ["tiny", "cpu-quick", "gpu-standard"] in [e[:3] for e in enums if e]
     assert "tests" in props["preset"]["description"]
     json_props = doc["components"]["schemas"]["AvatarCreate"]["properties"]
-    assert json_props["renderer"]["enum"] == ["still", "radnerf"]
+    assert json_props["renderer"]["enum"][:2] == ["radnerf", "still"]
 
 
 def _run_render_step(api: Api, render_id: str, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -106,15 +111,6 @@ def test_render_of_a_radnerf_avatar_without_an_export_fails_avatar_not_ready(
     assert "renderer" in got["error"]["message"]
 
 
-def test_render_of_a_still_avatar_passes_the_family_check(
-    api: Api, media: Media, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    created = post_render(api, _ready(api, media), media.audio)
-    assert _run_render_step(api, created.json()["id"], monkeypatch) == "ok"
-    got = api.client.get(f"/v1/renders/{created.json()['id']}", headers=api.headers).json()
-    assert got["status"] == "encoding" and got["error"] is None
-
-
 class _FakeContext:
     """Records what the reporter sends to the job."""
 
@@ -133,7 +129,7 @@ def test_progress_is_scaled_throttled_and_losses_averaged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = {"now": 100.0}
-    monkeypatch.setattr("services.trainer.radnerf.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("services.trainer.tasks.time.monotonic", lambda: clock["now"])
     ctx: Any = _FakeContext()
     reporter = ProgressReporter(ctx, 0.2, 0.9)
     for step in range(1, 101):  # 100 steps in 2 s: at most 5 reports at 0.5 s apart

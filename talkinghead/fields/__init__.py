@@ -1,1 +1,0 @@
-"""Neural fields of the renderers: grid encoders, the audio network, head and torso fields."""
