@@ -20,6 +20,7 @@ def avatar_view(avatar: Avatar, job: Job) -> schemas.Avatar:
         name=avatar.name,
         renderer=avatar.renderer,
         preset=avatar.preset,
+        source=avatar.source,
         status=job.status,
         stage=job.stage,
         progress=job.progress,

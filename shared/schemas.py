@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
@@ -15,7 +15,7 @@ from talkinghead.families.registry import DEFAULT_FAMILY, families
 def _literal(values: tuple[str, ...]) -> Any:
     # A Literal built at import time from the registry, so the OpenAPI document lists exactly
     # the families (and their presets and stages) this installation serves.
-    return Literal[values]  # type: ignore[valid-type]
+    return Literal[values]
 
 
 _FAMILIES = families()
@@ -28,10 +28,16 @@ AVATAR_STATUSES: tuple[str, ...] = (
     "failed",
     "cancelled",
 )
-RendererName = _literal(RENDERERS)
-PresetName = _literal(PRESETS)
-SourceKind = _literal(SOURCES)
-AvatarStatus = _literal(AVATAR_STATUSES)
+if TYPE_CHECKING:  # the type checker sees names; pydantic and OpenAPI see the registry's values
+    RendererName = str
+    PresetName = str
+    SourceKind = str
+    AvatarStatus = str
+else:
+    RendererName = _literal(RENDERERS)
+    PresetName = _literal(PRESETS)
+    SourceKind = _literal(SOURCES)
+    AvatarStatus = _literal(AVATAR_STATUSES)
 RenderStatus = Literal["queued", "rendering", "encoding", "done", "failed", "cancelled"]
 
 Metadata = Annotated[

@@ -119,15 +119,15 @@ def _recolour(photo: np.ndarray, mask: np.ndarray, pts: np.ndarray) -> np.ndarra
     out = photo.astype(np.float32)
     h, w = mask.shape
     face = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(face, np.round(pts[FACE_OVAL, :2]).astype(np.int32), 1)
-    face = cv2.GaussianBlur(face.astype(np.float32), (0, 0), 3)
+    cv2.fillConvexPoly(face, np.round(pts[FACE_OVAL, :2]).astype(np.int32), 1)  # type: ignore[call-overload]  # cv2/numpy stubs
+    face = cv2.GaussianBlur(face.astype(np.float32), (0, 0), 3)  # type: ignore[assignment]  # cv2/numpy stubs
     chin_y = pts[152, 1]
     rows = np.arange(h, dtype=np.float32)[:, None]
     below = np.clip((rows - chin_y) / 12.0, 0.0, 1.0) * np.ones((1, w), np.float32)
     hair = np.clip(mask - face, 0.0, 1.0) * (1.0 - below)
     body = mask * below
     skin_tone = np.array([0.72, 0.58, 0.5], np.float32)
-    out = out * (1.0 - face[..., None]) + out * skin_tone * face[..., None]
+    out = out * (1.0 - face[..., None]) + out * skin_tone * face[..., None]  # type: ignore[assignment]  # cv2/numpy stubs
     dark = out * 0.35 + np.array([12, 6, 2], np.float32)
     out = out * (1.0 - hair[..., None]) + dark * hair[..., None]
     suit = out[..., ::-1] * np.array([0.8, 0.9, 1.0], np.float32)
@@ -175,7 +175,7 @@ def _head(identity: int, size: int) -> _Head:
 
     # Head layer alpha: the person mask inside the head hull; torso: the rest of the person.
     hull = np.zeros((size, size), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(allpts[:, :2]).astype(np.int32)), 255)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(allpts[:, :2]).astype(np.int32)), 255)  # type: ignore[call-overload]  # cv2/numpy stubs
     head_alpha = np.maximum(mask, _inside(pts[FACE_OVAL], size)) * (hull > 0)
     texture = np.dstack([photo, np.round(head_alpha * 255).astype(np.uint8)])
     # The torso keeps no trace of the face: above the nose the head's hull is cut out, below it
@@ -183,7 +183,7 @@ def _head(identity: int, size: int) -> _Head:
     # moves.
     rows = np.arange(size, dtype=np.float32)[:, None]
     grown = cv2.dilate(hull, np.ones((9, 9), np.uint8)) > 0
-    oval = cv2.dilate(_inside(pts[FACE_OVAL], size), np.ones((7, 7), np.uint8)) > 0
+    oval = cv2.dilate(_inside(pts[FACE_OVAL], size), np.ones((7, 7), np.uint8)) > 0  # type: ignore[assignment]  # cv2/numpy stubs
     band = (rows < pts[152, 1] + 0.1 * face_w) & np.ones((1, size), bool)
     fill = oval & band & (rows > pts[1, 1])
     photo_torso = cv2.inpaint(photo, fill.astype(np.uint8) * 255, 7, cv2.INPAINT_TELEA)
@@ -235,7 +235,7 @@ def _head(identity: int, size: int) -> _Head:
 def _inside(poly: np.ndarray, size: int) -> np.ndarray:
     """A filled polygon as a float mask."""
     m = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(m, [np.round(poly[:, :2]).astype(np.int32)], 1)
+    cv2.fillPoly(m, [np.round(poly[:, :2]).astype(np.int32)], 1)  # type: ignore[call-overload]  # cv2/numpy stubs
     return m.astype(np.float32)
 
 
@@ -423,7 +423,7 @@ def _warp_head(
     origin = np.array([x0, y0], np.float64)
     polys = np.round((p[idx] - origin) * 16).astype(np.int32)
     for k, poly in zip(idx, polys, strict=True):
-        cv2.fillConvexPoly(ids, poly, int(k), lineType=cv2.LINE_8, shift=4)
+        cv2.fillConvexPoly(ids, poly, int(k), lineType=cv2.LINE_8, shift=4)  # type: ignore[call-overload]  # cv2/numpy stubs
     # Affine maps destination -> texture for every triangle: A = Q @ inv(P_h).
     ph = np.concatenate([p - origin, np.ones((len(tri), 3, 1))], axis=2)  # (M, 3, 3)
     ph[~keep] = np.eye(3)
@@ -436,7 +436,7 @@ def _warp_head(
     my = a[..., 1, 0] * xx + a[..., 1, 1] * yy + a[..., 1, 2]
     mx[~inside] = -10.0
     my[~inside] = -10.0
-    warped = cv2.remap(
+    warped = cv2.remap(  # type: ignore[call-overload]  # cv2/numpy stubs
         head.texture, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
     alpha = warped[..., 3].astype(np.float32) / 255.0 * inside
@@ -518,8 +518,8 @@ def generate(
                 rot = _rotation(yaw, pitch, roll)
                 rotations[i] = rot
                 frame = background.copy()
-                shift = np.float32([[1, 0, TORSO_FOLLOW * tx], [0, 1, TORSO_FOLLOW * ty]])
-                torso = cv2.warpAffine(head.torso, shift, (size, size), flags=cv2.INTER_LINEAR)
+                shift = np.float32([[1, 0, TORSO_FOLLOW * tx], [0, 1, TORSO_FOLLOW * ty]])  # type: ignore[arg-type]  # cv2/numpy stubs
+                torso = cv2.warpAffine(head.torso, shift, (size, size), flags=cv2.INTER_LINEAR)  # type: ignore[call-overload]  # cv2/numpy stubs
                 _composite(frame, torso[..., :3].astype(np.float32), torso[..., 3] / 255.0, (0, 0))
                 g = _deform(head, float(mouth[i]), float(eye[i]))
                 xy, depth = _project(head, g, rot, tx, ty, focal)

@@ -41,6 +41,7 @@ from shared.jobs import PIPELINES, JobService
 from shared.netguard import ForbiddenTarget, check_callback_url
 from shared.resources import avatar_view, render_view
 from shared.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, tenant_key
+from talkinghead.families.contract import SOURCES
 from talkinghead.families.registry import get_family
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,19 @@ OPTIONS_FIELD_MAX_BYTES = 8 * 1024 * 1024
 RENDER_OPTION_FIELDS = ("resolution", "background", "pose", "eyes")
 # Stands in for `upload_id` when a multipart form is validated with the JSON models.
 _FORM_UPLOAD_ID = "multipart"
-_CONSENT_DETAIL = "consent must be true: attest that the person in the video agreed"
+_CONSENT_DETAIL = "consent must be true: attest that the person in the video or photo agreed"
 
+# The avatar's source is one file part: `video` or `image` (what the avatar is made from).
 AVATAR_FORM = FormSpec(
-    file_field="video",
+    file_fields=SOURCES,
     field_limits=dict.fromkeys(
         ("consent", "name", "renderer", "preset", "callback_url", "metadata"), FIELD_MAX_BYTES
     ),
     too_large_codes={"metadata": "metadata_too_large"},
+    second_file_code="multiple_sources",
 )
 RENDER_FORM = FormSpec(
-    file_field="audio",
+    file_fields=("audio",),
     field_limits={
         "callback_url": FIELD_MAX_BYTES,
         "metadata": FIELD_MAX_BYTES,
@@ -139,6 +142,24 @@ def check_callback(intake: Intake, url: str | None) -> None:
     except ForbiddenTarget as exc:
         raise ApiError(422, "callback_url_forbidden", str(exc)) from None
     intake.checked_callbacks.add(url)
+
+
+def check_source(renderer: str, source: str) -> None:
+    """422 `unsupported_source` unless the renderer family makes avatars from this source kind."""
+    accepted = get_family(renderer).sources
+    if source not in accepted:
+        kinds = " or ".join(sorted(accepted))
+        raise ApiError(
+            422,
+            "unsupported_source",
+            f"renderer {renderer!r} makes avatars from a {kinds} only, not from an {source}",
+        )
+
+
+def _source_missing() -> ApiError:
+    return ApiError(
+        422, "source_required", "send the portrait as one file part: `video` or `image`"
+    )
 
 
 def _consent_required() -> ApiError:
@@ -497,6 +518,7 @@ def _avatar_commit(
     avatar_id: str,
     fields: AvatarFields,
     *,
+    source: MediaKind,
     source_key: str | None,
     upload_id: str | None,
     idempotency_key: str | None,
@@ -505,7 +527,7 @@ def _avatar_commit(
     def insert(session: Session) -> tuple[schemas.Avatar, Job]:
         key = source_key
         if upload_id is not None:
-            key = _claim_upload(session, intake, upload_id, "video", consume=True).key
+            key = _claim_upload(session, intake, upload_id, source, consume=True).key
         assert key is not None
         now = utcnow()
         avatar = Avatar(
@@ -521,6 +543,7 @@ def _avatar_commit(
             meta=fields.metadata,
             metrics={},
             source_key=key,
+            source=source,
             created_at=now,
         )
         job = _new_job(
@@ -540,51 +563,81 @@ def _avatar_commit(
 def create_avatar_from_form(
     intake: Intake, chunks: Iterable[bytes], boundary: bytes, idempotency_key: str | None
 ) -> Created[schemas.Avatar]:
-    """`POST /v1/avatars` with a multipart body, the video streamed into the store."""
+    """`POST /v1/avatars` with a multipart body, the video or photo streamed into the store."""
     avatar_id = new_id("av")
-    key = tenant_key(intake.tenant_id, "avatars", avatar_id, "source", "video")
     form = StreamingForm(chunks, boundary, AVATAR_FORM)
-    stored: list[SniffedStream] = []
+    written: list[str] = []
+    stored: list[tuple[MediaKind, SniffedStream]] = []
 
-    def consume(file_chunks: Iterator[bytes]) -> None:
-        max_bytes = intake.settings.max_video_bytes
-        stored.append(stream_media(intake, key, file_chunks, "video", max_bytes))
+    def before_file(name: str, seen: Mapping[str, str]) -> None:
+        fields = avatar_fields(intake, seen, final=False)
+        if "renderer" in seen:  # else a later field may still name a family that takes it
+            check_source(fields.renderer, name)
+
+    def consume(name: str, file_chunks: Iterator[bytes]) -> None:
+        kind: MediaKind = "image" if name == "image" else "video"
+        key = tenant_key(intake.tenant_id, "avatars", avatar_id, "source", kind)
+        written.append(key)  # before streaming: a partly written object is removed too
+        limit = upload_limit(intake.settings, kind)
+        stored.append((kind, stream_media(intake, key, file_chunks, kind, limit)))
 
     try:
-        fields = form.read(lambda seen: avatar_fields(intake, seen, final=False), consume)
+        fields = form.read(before_file, consume)
         if not stored:
-            raise ApiError(422, "validation_error", "video: Field required")
+            raise _source_missing()
         avatar = avatar_fields(intake, fields, final=True)
+        source, sniffed = stored[0]
+        check_source(avatar.renderer, source)
     except BaseException:
-        discard(intake.store, key)
+        for key in written:
+            discard(intake.store, key)
         raise
-    hashed = request_hash({**avatar.canonical(), "video_sha256": stored[0].sha256.hexdigest()})
+    # `video_sha256` for videos, as before photos existed, so earlier idempotency records match
+    hashed = request_hash({**avatar.canonical(), f"{source}_sha256": sniffed.sha256.hexdigest()})
     return _avatar_commit(
         intake,
         avatar_id,
         avatar,
-        source_key=key,
+        source=source,
+        source_key=written[0],
         upload_id=None,
         idempotency_key=idempotency_key,
         hashed=hashed,
     )
 
 
+def _upload_source(intake: Intake, upload_id: str) -> MediaKind | None:
+    """The source kind an upload holds (its purpose); None unless a video or photo upload."""
+    with intake.sessions() as session:
+        purpose = session.scalar(
+            select(Upload.purpose).where(
+                Upload.id == upload_id, Upload.tenant_id == intake.tenant_id
+            )
+        )
+    if purpose == "image":
+        return "image"
+    return "video" if purpose == "video" else None
+
+
 def create_avatar_from_json(
     intake: Intake, raw: bytes, idempotency_key: str | None
 ) -> Created[schemas.Avatar]:
-    """`POST /v1/avatars` with a JSON body naming an upload."""
+    """`POST /v1/avatars` with a JSON body naming a video or photo upload."""
     body = parse_json_body(schemas.AvatarCreate, raw)
     if not body.consent:
         raise _consent_required()
     check_metadata(body.metadata)
     check_callback(intake, body.callback_url)
     fields = AvatarFields.from_model(body)
+    source = _upload_source(intake, body.upload_id)
+    if source is not None:  # no such upload: claiming it below answers 404
+        check_source(fields.renderer, source)
     hashed = request_hash({**fields.canonical(), "upload_id": body.upload_id})
     return _avatar_commit(
         intake,
         new_id("av"),
         fields,
+        source=source or "video",
         source_key=None,
         upload_id=body.upload_id,
         idempotency_key=idempotency_key,
@@ -663,12 +716,12 @@ def create_render_from_form(
     form = StreamingForm(chunks, boundary, RENDER_FORM)
     stored: list[SniffedStream] = []
 
-    def consume(file_chunks: Iterator[bytes]) -> None:
+    def consume(name: str, file_chunks: Iterator[bytes]) -> None:
         max_bytes = intake.settings.max_audio_bytes
         stored.append(stream_media(intake, key, file_chunks, "audio", max_bytes))
 
     try:
-        fields = form.read(lambda seen: render_fields(intake, seen), consume)
+        fields = form.read(lambda name, seen: render_fields(intake, seen), consume)
         if not stored:
             raise ApiError(422, "validation_error", "audio: Field required")
         render = render_fields(intake, fields)
@@ -714,8 +767,9 @@ def create_render_from_json(
 
 # -- uploads ---------------------------------------------------------------------------
 def upload_limit(settings: Settings, purpose: str) -> int:
-    """The largest file a purpose accepts (images share the audio limit)."""
-    return settings.max_video_bytes if purpose == "video" else settings.max_audio_bytes
+    """The largest file a purpose accepts."""
+    limits = {"video": settings.max_video_bytes, "image": settings.max_image_bytes}
+    return limits.get(purpose, settings.max_audio_bytes)
 
 
 def open_upload(session: Session, tenant_id: str, upload_id: str) -> Upload:

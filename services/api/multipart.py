@@ -26,9 +26,10 @@ _PART, _DATA, _END, _DONE = "part", "data", "end", "done"
 class FormSpec:
     """The fields a form may carry: one streamed file and text fields with size caps."""
 
-    file_field: str
+    file_fields: tuple[str, ...]  # the names the one file part may have (alternatives)
     field_limits: Mapping[str, int]
     too_large_codes: Mapping[str, str]  # field -> problem code when it exceeds its cap
+    second_file_code: str = "validation_error"  # problem code when a second file part comes
 
     @property
     def max_extra_bytes(self) -> int:
@@ -144,13 +145,13 @@ class StreamingForm:
 
     def read(
         self,
-        before_file: Callable[[Mapping[str, str]], object],
-        consume_file: Callable[[Iterator[bytes]], None],
+        before_file: Callable[[str, Mapping[str, str]], object],
+        consume_file: Callable[[str, Iterator[bytes]], None],
     ) -> dict[str, str]:
         """Parse the body: text fields into `fields`, the file part through `consume_file`.
 
-        `before_file` sees the fields that came before the file, so it can refuse the request
-        before any byte of the file is stored.
+        Both callbacks get the file part's name first. `before_file` sees the fields that came
+        before the file, so it can refuse the request before any byte of the file is stored.
         """
         while True:
             tag, data = self._next_event()
@@ -159,13 +160,17 @@ class StreamingForm:
             if tag != _PART:
                 raise _malformed()
             name = data.decode("utf-8", "replace")
-            if name == self.spec.file_field:
+            if name in self.spec.file_fields:
                 if self.file_seen:
-                    raise ApiError(422, "validation_error", f"more than one {name!r} part")
+                    raise ApiError(
+                        422,
+                        self.spec.second_file_code,
+                        f"more than one file part; send one of {', '.join(self.spec.file_fields)}",
+                    )
                 self.file_seen = True
-                before_file(self.fields)
+                before_file(name, self.fields)
                 stream = self._file_data()
-                consume_file(stream)
+                consume_file(name, stream)
                 for _ in stream:  # a consumer that stopped early still leaves a parsable body
                     pass
             elif name in self.spec.field_limits:

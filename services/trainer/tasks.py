@@ -165,7 +165,7 @@ def export(ctx: JobContext) -> StepResult:
             raise JobError("internal_error", "training left no checkpoint")
         run = resume_run(ctx, family, config, source)
     out = ctx.workdir / "export"
-    info = {"avatar_id": avatar.id, "preset": avatar.preset}
+    info: dict[str, Any] = {"avatar_id": avatar.id, "preset": avatar.preset}
     if run is not None:
         info["step"] = run.step
     with family_errors():

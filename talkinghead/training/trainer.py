@@ -41,12 +41,35 @@ class ParamGroup:
 class Recipe(Protocol):
     """How one family trains its model; every method is called by the trainer shell."""
 
-    name: str  # recorded in checkpoints
-    model: nn.Module
-    seed: int
-    total_steps: int
-    segment_steps: int  # a checkpoint every this many steps
-    ema_decay: float
+    @property
+    def name(self) -> str:
+        """Recorded in checkpoints."""
+        ...
+
+    @property
+    def model(self) -> nn.Module:
+        """The module being trained."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """Seed of the initial weights and of every step."""
+        ...
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole schedule."""
+        ...
+
+    @property
+    def segment_steps(self) -> int:
+        """A checkpoint every this many steps."""
+        ...
+
+    @property
+    def ema_decay(self) -> float:
+        """Decay of the weights' moving average."""
+        ...
 
     def param_groups(self) -> list[ParamGroup]:
         """Optimiser groups with their base learning rates (order is part of checkpoints)."""

@@ -141,9 +141,9 @@ class RadNerfFamily:
         except ValueError as exc:
             raise FamilyError("audio_encoder_unavailable", str(exc)) from None
         k, w, _ = next(s.shape for s in manifest_inputs(manifest) if s.name == "audio")
-        for batch in frame_batches(
-            assets, features, k, controls.pose, controls.eyes, controls.batch, w // 2
-        ):
+        pose: Any = controls.pose  # checked by the render controls ("static", "source")
+        eyes: Any = controls.eyes
+        for batch in frame_batches(assets, features, k, pose, eyes, controls.batch, w // 2):
             yield {"pose": batch.poses, "audio": batch.audio, "eye": batch.eyes}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,16 @@ from talkinghead.components.rays import head_rays
 from talkinghead.data.frames import TrainingData
 from talkinghead.data.rays import RayBatch, sample_lips_patches, sample_rays
 from talkinghead.families.radnerf.adnerf_baseline import BaselineNerf
-from talkinghead.families.radnerf.config import RadNerfConfig
+from talkinghead.families.radnerf.config import ModelConfig, RadNerfConfig
 from talkinghead.families.radnerf.model import HeadRender, RadNerf
 from talkinghead.training.trainer import ParamGroup, Trainer
 
 # The fields a recipe can train: RAD-NeRF itself, and the AD-NeRF style benchmark baseline
 # that shares its data, rays, losses and audio network.
-MODELS = {"radnerf": RadNerf, "adnerf": BaselineNerf}
+MODELS: dict[str, Callable[[ModelConfig, int, int], RadNerf]] = {
+    "radnerf": RadNerf,
+    "adnerf": BaselineNerf,  # type: ignore[dict-item]  # same interface, its own fields
+}
 
 
 def load_lpips(path: Path, device: torch.device) -> torch.nn.Module:
@@ -223,8 +227,6 @@ class RadNerfRecipe:
 class RadNerfTrainer(Trainer):
     """The trainer shell over a RAD-NeRF recipe, built from a dataset directory."""
 
-    recipe: RadNerfRecipe
-
     def __init__(
         self,
         dataset: Path,
@@ -240,6 +242,7 @@ class RadNerfTrainer(Trainer):
             return RadNerfRecipe(data, config, dev, model, lpips_path)
 
         super().__init__(build, workdir, config.train.seed, device)
+        self.recipe: RadNerfRecipe = self.recipe
         self.model: RadNerf = self.recipe.model
 
     @property
