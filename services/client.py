@@ -13,6 +13,7 @@ from typing import IO, Any, Literal
 import httpx
 
 JobKind = Literal["avatar", "render"]
+SourceKind = Literal["video", "image"]
 ProgressCallback = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a file moves."""
 
@@ -57,6 +58,16 @@ class _ProgressReader:
 
     def fileno(self) -> int:
         return self._file.fileno()
+
+
+def source_kind(path: str | os.PathLike[str]) -> SourceKind:
+    """`image` for a JPEG, PNG or WebP file (by its first bytes, not its name), else `video`."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(12)
+    photo = head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")) or (
+        head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    )
+    return "image" if photo else "video"
 
 
 def _kind_path(kind: str) -> str:
@@ -202,9 +213,10 @@ class TalkingHeadClient:
 
     def create_avatar(
         self,
-        video_path: str | os.PathLike[str],
+        source_path: str | os.PathLike[str],
         *,
         consent: bool,
+        source: SourceKind | None = None,
         name: str | None = None,
         renderer: str | None = None,
         preset: str | None = None,
@@ -213,7 +225,14 @@ class TalkingHeadClient:
         idempotency_key: str | None = None,
         on_upload_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
-        """Upload a portrait video and start building an avatar (`202`, status `queued`)."""
+        """Upload a portrait video or photo and start building an avatar (`202`, `queued`).
+
+        `source` says which the file is; by default a JPEG, PNG or WebP file goes as the photo
+        (`image` part) and anything else as the video.
+        """
+        kind = source or source_kind(source_path)
+        if kind not in ("video", "image"):
+            raise ValueError(f"source must be 'video' or 'image', not {kind!r}")
         form = {"consent": "true" if consent else "false"}
         optional = {
             "name": name,
@@ -225,7 +244,7 @@ class TalkingHeadClient:
         if metadata is not None:
             form["metadata"] = json.dumps(metadata)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._upload("/v1/avatars", "video", video_path, form, headers, on_upload_progress)
+        return self._upload("/v1/avatars", kind, source_path, form, headers, on_upload_progress)
 
     def get_avatar(self, avatar_id: str) -> dict[str, Any]:
         """One avatar with its status, stage, progress, error and metrics."""

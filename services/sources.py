@@ -95,14 +95,16 @@ def pack(directory: Path, archive: Path) -> Path:
 
 
 def avatar_source(ctx: JobContext, family: RendererFamily) -> AvatarSource:
-    """Fetch what the family reads, and only that."""
+    """Fetch what the family reads and the avatar has so far (later stages' outputs are None)."""
     found: dict[str, Path] = {}
     for name in sorted(family.reads):
         if name in FILES:
             kind, local = FILES[name]
-            found[name] = ctx.fetch(artifact_key(ctx, kind), local)
+            if ctx.artifact(kind) is not None:
+                found[name] = ctx.fetch(artifact_key(ctx, kind), local)
         elif name in ARCHIVES:
-            found[name] = unpack(ctx, ARCHIVES[name])
+            if ctx.artifact(ARCHIVES[name]) is not None:
+                found[name] = unpack(ctx, ARCHIVES[name])
         else:
             raise JobError("internal_error", f"{family.name} reads an unknown source {name!r}")
     return AvatarSource(**found)

@@ -56,10 +56,17 @@ def avatar_request_body() -> dict[str, Any]:
     fields = schemas.AvatarCreate.model_json_schema(ref_template=REF)["properties"]
     form = {
         "type": "object",
-        "required": ["video", "consent"],
+        "required": ["consent"],
+        # exactly one source file: `source_required` without one, `multiple_sources` with both
+        "oneOf": [{"required": ["video"]}, {"required": ["image"]}],
         "additionalProperties": False,
         "properties": {
             "video": {**_BINARY, "description": "The portrait video (mp4, mov, mkv, webm, ...)."},
+            "image": {
+                **_BINARY,
+                "description": "Or a portrait photo (JPEG, PNG or WebP), for renderer families "
+                "that make avatars from a photo (else 422 `unsupported_source`).",
+            },
             "consent": _CONSENT,
             "name": {"type": "string", "maxLength": 200},
             "renderer": fields["renderer"],

@@ -10,6 +10,7 @@ import numpy as np
 from services.renderer.avatars import AvatarCache
 from shared.config import Settings
 from shared.storage import ObjectStore
+from talkinghead.export.artifact import ArtifactError
 
 
 class RenderBackendError(RuntimeError):
@@ -44,7 +45,11 @@ class InProcessBackend:
 
     def render(self, avatar_id: str, family: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Render with the cached export."""
-        return self.cache.get(avatar_id).render(inputs)
+        avatar = self.cache.get(avatar_id)
+        try:
+            return avatar.render(inputs)
+        except (ArtifactError, ValueError) as exc:  # wrong inputs or a broken export
+            raise RenderBackendError(f"{family}: {exc}") from exc
 
 
 class TritonBackend:

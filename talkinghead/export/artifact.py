@@ -81,6 +81,22 @@ def frame_shape(manifest: Mapping[str, Any]) -> tuple[int, int]:
     return int(manifest.get("height", size)), int(manifest.get("width", size))
 
 
+def check_output(
+    module: torch.jit.ScriptModule, inputs: list[InputSpec], shape: tuple[int, int]
+) -> None:
+    """One frame of zeros through the renderer must give (1, H, W, 4) uint8 like the plate."""
+    device = next(iter(module.buffers()), torch.zeros(())).device
+    zeros = [torch.zeros((1, *spec.shape), dtype=getattr(torch, spec.dtype), device=device)
+             for spec in inputs]  # fmt: skip
+    with torch.no_grad():
+        out = module(*zeros)
+    if tuple(out.shape) != (1, *shape, 4) or out.dtype != torch.uint8:
+        raise ValueError(
+            f"the renderer returns {out.dtype} {tuple(out.shape)}, not uint8 (1, {shape[0]}, "
+            f"{shape[1]}, 4) like its background plate"
+        )
+
+
 def write_export(
     out_dir: Path,
     module: torch.jit.ScriptModule,
@@ -90,12 +106,13 @@ def write_export(
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write renderer, assets and (last) the manifest into `out_dir`; returns the manifest."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    module.save(str(out_dir / RENDERER))
-    save_assets(out_dir / ASSETS, assets)
     height, width = np.asarray(assets["background"]).shape[:2]
     if any(-1 in spec.shape for spec in inputs):
         raise ValueError("an export's input shapes are concrete (no -1)")
+    check_output(module, inputs, (int(height), int(width)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.save(str(out_dir / RENDERER))
+    save_assets(out_dir / ASSETS, assets)
     manifest: dict[str, Any] = {
         **(info or {}),
         "format": FORMAT,
@@ -240,5 +257,11 @@ class ExportedAvatar:
                 )
                 for s in specs
             ]
-            out[i] = self.module(*args)[0].cpu().numpy()
+            frame = self.module(*args)
+            if tuple(frame.shape) != (1, height, width, 4):
+                raise ArtifactError(
+                    f"the renderer returned {tuple(frame.shape)}, its manifest says "
+                    f"(1, {height}, {width}, 4)"
+                )
+            out[i] = frame[0].cpu().numpy()
         return out

@@ -82,7 +82,11 @@ def test_tenant_builds_renders_and_deletes_an_avatar(
 
     video = make_face_video(tmp_path / "me.mp4")
     created = client.create_avatar(
-        video, consent=True, name="me", metadata={"order": 42}, callback_url=hook.url,
+        video,
+        consent=True,
+        name="me",
+        metadata={"order": 42},
+        callback_url=hook.url,
         renderer="still",
     )  # type: ignore[attr-defined]
     assert created["status"] == "queued" and created["consent"] is True

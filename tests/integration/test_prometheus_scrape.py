@@ -193,7 +193,9 @@ def exercise_and_evaluate(
         # happens twice, scrapes apart: a counter series is born at its first event, and
         # only a later one gives it a rate.
         good = client.create_avatar(
-            make_face_video(media / "face.mp4"), consent=True, callback_url=receiver.url,
+            make_face_video(media / "face.mp4"),
+            consent=True,
+            callback_url=receiver.url,
             renderer="still",
         )
         short = make_video(media / "short.mp4")

@@ -83,7 +83,7 @@ def test_missing_video_part_is_refused(api: Api) -> None:
     body = multipart_body([("consent", b"true", None)])
     headers = {**api.headers, "Content-Type": "multipart/form-data; boundary=XyZ"}
     response = api.client.post("/v1/avatars", headers=headers, content=body)
-    assert_problem(response, 422, "validation_error")
+    assert_problem(response, 422, "source_required")
     api.assert_nothing_left()
 
 

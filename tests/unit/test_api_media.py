@@ -113,13 +113,15 @@ def test_cursor_round_trip() -> None:
             decode_cursor(bad)
 
 
-SPEC = FormSpec(file_field="f", field_limits={"a": 10, "b": 10}, too_large_codes={"b": "big"})
+SPEC = FormSpec(file_fields=("f",), field_limits={"a": 10, "b": 10}, too_large_codes={"b": "big"})
 
 
-def read_form(body: bytes, chunk: int = 5) -> tuple[dict[str, str], bytes]:
+def read_form(body: bytes, chunk: int = 5, spec: FormSpec = SPEC) -> tuple[dict[str, str], bytes]:
     got: list[bytes] = []
     pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
-    fields = StreamingForm(pieces, b"XyZ", SPEC).read(lambda _: None, got.extend)
+    fields = StreamingForm(pieces, b"XyZ", spec).read(
+        lambda name, seen: None, lambda name, chunks: got.extend(chunks)
+    )
     return fields, b"".join(got)
 
 
@@ -144,6 +146,19 @@ def test_streaming_form_refusals(parts: list[tuple[str, bytes, str | None]], cod
     with pytest.raises(ApiError) as err:
         read_form(multipart_body(parts))
     assert err.value.code == code
+
+
+def test_streaming_form_takes_one_of_alternative_file_parts() -> None:
+    spec = FormSpec(("f", "g"), {"a": 10}, {}, second_file_code="two_files")
+    names: list[str] = []
+    body = multipart_body([("a", b"1", None), ("g", b"y" * 100, "g.bin")])
+    fields = StreamingForm([body], b"XyZ", spec).read(
+        lambda name, seen: names.append(name), lambda name, chunks: names.extend(chunks)
+    )
+    assert fields == {"a": "1"} and names == ["g", *[b"y" * 100]]
+    with pytest.raises(ApiError) as err:
+        read_form(multipart_body([("f", b"1", "a"), ("g", b"2", "b")]), spec=spec)
+    assert err.value.code == "two_files"
 
 
 @pytest.mark.parametrize("body", [b"", b"--XyZ\r\nbroken", b"no boundary here at all"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from services.renderer.video import per_frame
 
 from services.renderer.backgrounds import background_plate, colour_plate, image_plate
+from services.renderer.video import per_frame
 from shared.jobs import JobError
 from talkinghead.rendering.controls import AvatarAssets, frame_batches, rescaled
 

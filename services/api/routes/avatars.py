@@ -1,4 +1,4 @@
-"""Avatars: create from a video, list, read, follow, delete."""
+"""Avatars: create from a video or a photo, list, read, follow, delete."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ async def create_avatar(
     background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.Avatar:
-    """Start making an avatar from a portrait video (multipart) or an earlier upload (JSON)."""
+    """Start making an avatar from a portrait video or photo (multipart) or an upload (JSON)."""
     intake = Intake(settings, store, jobs, sessions, principal)
     if body_kind(request) == "multipart":
         boundary = boundary_of(request.headers["content-type"])
