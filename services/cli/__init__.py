@@ -10,7 +10,16 @@ from typer.core import TyperGroup
 from services.cli.admin import admin_app
 from services.cli.client import avatar_app, key_app, render
 from services.cli.library import preprocess, train
-from services.cli.processes import down, migrate, reconciler, serve, up, worker
+from services.cli.processes import (
+    down,
+    families,
+    migrate,
+    reconciler,
+    serve,
+    triton_repo,
+    up,
+    worker,
+)
 from services.client import ApiError
 from shared.config import SettingsError
 
@@ -48,8 +57,9 @@ app = typer.Typer(
     add_completion=False,
 )
 # Commands first, in this order (the order of `talkinghead --help`), then the sub-apps.
-for _command in (preprocess, train, serve, worker, reconciler, migrate, up, down):
+for _command in (preprocess, train, serve, worker, reconciler, migrate, up, down, families):
     app.command()(_command)
+app.command("triton-repo")(triton_repo)
 app.command("render")(render)
 app.add_typer(admin_app, name="admin")
 app.add_typer(avatar_app, name="avatar")

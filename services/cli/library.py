@@ -60,24 +60,42 @@ def preprocess(
 def train(
     dataset: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Dataset dir.")],
     workdir: Annotated[Path, typer.Option("--workdir", help="Checkpoint directory.")],
-    preset: Annotated[str, typer.Option(help="tiny, cpu-quick or gpu-standard.")] = "cpu-quick",
+    renderer: Annotated[
+        str | None, typer.Option(help="Renderer family (default: the registry's default).")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="The family's preset.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
-    evaluate: Annotated[bool, typer.Option(help="Score the held-out frames at the end.")] = True,
+    evaluate: Annotated[
+        bool, typer.Option(help="Export (and so score) the avatar once training is done.")
+    ] = True,
     lpips: Annotated[
         Path | None, typer.Option(help="LPIPS TorchScript file for the lips stage.")
     ] = None,
 ) -> None:
-    """Train a RAD-NeRF avatar on a dataset; resumes from the workdir's checkpoint."""
-    from talkinghead.families.radnerf.config import preset as load_preset
-    from talkinghead.families.radnerf.evaluation import evaluate as score
-    from talkinghead.families.radnerf.training import RadNerfTrainer
+    """Train an avatar of a video family on a dataset; resumes from the workdir's checkpoint."""
+    from talkinghead.families.contract import AvatarSource, FamilyError, TrainOptions
+    from talkinghead.families.registry import DEFAULT_FAMILY, UnknownFamily, get_family
 
     try:
-        config = load_preset(preset)
-        trainer = RadNerfTrainer(dataset, workdir, config, lpips_path=lpips)
+        family = get_family(renderer or DEFAULT_FAMILY)
+    except UnknownFamily as exc:
+        _fail("unknown_renderer", str(exc))
+    if "training" not in family.stages:
+        _fail("bad_request", f"{family.name} avatars are not trained")
+    source = AvatarSource(dataset=dataset)
+    checkpoint = workdir / "family-checkpoint"
+    try:
+        config = family.config(preset or family.default_preset)
+        trainer = family.open_training(
+            source, workdir / "run", config, TrainOptions(lpips_path=lpips)
+        )
+        if checkpoint.exists():
+            trainer.load(checkpoint)
+    except FamilyError as exc:
+        _fail(exc.code, exc.message)
     except ValueError as exc:
         _fail("bad_request", str(exc))
-    start = trainer.state.step
+    start = trainer.step
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -93,7 +111,13 @@ def train(
             progress.update(task, completed=r.step, description=desc)
 
         ran = trainer.run(steps, report)
-    typer.echo(f"ran {ran} steps ({start} -> {trainer.state.step} of {trainer.total_steps})")
+    if ran:
+        trainer.save(checkpoint)
+    typer.echo(f"ran {ran} steps ({start} -> {trainer.step} of {trainer.total_steps})")
     if evaluate and trainer.done:
-        with trainer.ema.applied():
-            _print_json(score(trainer.model, trainer.data, limit=config.train.eval_frames))
+        try:
+            metrics = family.export(source, trainer, workdir / "export", config, {})
+        except FamilyError as exc:
+            _fail(exc.code, exc.message)
+        typer.echo(f"export in {workdir / 'export'}")
+        _print_json(metrics)

@@ -115,6 +115,39 @@ def migrate() -> None:
     typer.echo(f"database {_redact(settings.database_url)} is up to date")
 
 
+def triton_repo(
+    out: Annotated[Path, typer.Argument(file_okay=False, help="Directory to write the models to.")],
+    family: Annotated[
+        list[str] | None, typer.Option("--family", help="Only this family (repeatable).")
+    ] = None,
+) -> None:
+    """Write the Triton model repository: one python-backend model per renderer family."""
+    from services.renderer.triton_repo import write_repository
+    from talkinghead.families.registry import UnknownFamily
+
+    try:
+        names = write_repository(out, family or None)
+    except UnknownFamily as exc:
+        _fail("unknown_renderer", str(exc))
+    typer.echo(f"models {', '.join(names)} in {out}")
+
+
+def families() -> None:
+    """The installed renderer families: sources, stages, presets and named inputs."""
+    from talkinghead.families.registry import DEFAULT_FAMILY
+    from talkinghead.families.registry import families as registered
+
+    for name, fam in registered().items():
+        default = " (default)" if name == DEFAULT_FAMILY else ""
+        typer.echo(f"{name}{default}: {fam.description}")
+        typer.echo(f"  sources: {', '.join(sorted(fam.sources))}")
+        typer.echo(f"  stages:  {' -> '.join(fam.stages)}")
+        presets = ", ".join(f"{p}{'*' if p == fam.default_preset else ''}" for p in fam.presets)
+        typer.echo(f"  presets: {presets}")
+        inputs = ", ".join(f"{i.name} {i.dtype}{list(i.shape)}" for i in fam.inputs)
+        typer.echo(f"  inputs:  {inputs}")
+
+
 def up(
     data_dir: Annotated[
         Path | None, typer.Option(help="State directory [TH_DATA_DIR].", show_default=False)

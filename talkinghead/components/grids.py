@@ -11,13 +11,21 @@ All levels of one 3D encoder level run as one batched `grid_sample` call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkinghead.families.radnerf.config import GridConfig
-
 _PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A multi-resolution dense grid encoder: resolutions per level and channels per level."""
+
+    resolutions: tuple[int, ...] = (16, 32, 64, 128)
+    channels: int = 4
 
 
 class PlaneEncoder(nn.Module):

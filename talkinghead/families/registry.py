@@ -12,16 +12,19 @@ This module is the one place outside a family's folder that names families.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from importlib.metadata import entry_points
 
 from talkinghead.families.contract import AVATAR_STAGES, SOURCES, RendererFamily
 
+log = logging.getLogger(__name__)
+
 ENTRY_POINT_GROUP = "talkinghead.families"
 # Built-ins, first one the default. Loaded lazily: naming a family imports nothing heavy.
 BUILTIN = {
     "radnerf": "talkinghead.families.radnerf.family:FAMILY",
-    "still": "talkinghead.families.still.family:FAMILY",
+    "meanframe": "talkinghead.families.meanframe.family:FAMILY",
 }
 DEFAULT_FAMILY = "radnerf"
 
@@ -64,7 +67,12 @@ def _discover() -> dict[str, RendererFamily]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in BUILTIN:
             continue  # the project's own entry points name the built-ins again
-        found[ep.name] = check_family(ep.name, ep.load())
+        try:
+            found[ep.name] = check_family(ep.name, ep.load())
+        except Exception:
+            # One broken package must not take every other family down with it; the
+            # operator sees why in the log, and its avatars fail `renderer_unavailable`.
+            log.exception("renderer family %r (%s) cannot be loaded", ep.name, ep.value)
     return found
 
 

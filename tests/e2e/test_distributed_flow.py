@@ -50,7 +50,7 @@ def test_presigned_upload_to_avatar_to_render(stack: EmbeddedStack, tmp_path: Pa
     created = httpx.post(
         f"{stack.base_url}/v1/avatars",
         headers=auth,
-        json={"upload_id": slot["upload_id"], "consent": True, "renderer": "still"},
+        json={"upload_id": slot["upload_id"], "consent": True, "renderer": "meanframe"},
     )
     assert created.status_code == 202, created.text
     client = TalkingHeadClient(stack.base_url, key)

@@ -87,7 +87,7 @@ def test_tenant_builds_renders_and_deletes_an_avatar(
         name="me",
         metadata={"order": 42},
         callback_url=hook.url,
-        renderer="still",
+        renderer="meanframe",
     )  # type: ignore[attr-defined]
     assert created["status"] == "queued" and created["consent"] is True
     events = []

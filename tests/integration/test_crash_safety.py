@@ -77,7 +77,7 @@ def commit_avatar(
     with session_scope(settings.database_url) as s:
         av = Avatar(
             tenant_id=tenant_id,
-            renderer="still",
+            renderer="meanframe",
             preset="cpu-quick",
             consent=True,
             consent_key_id="test",

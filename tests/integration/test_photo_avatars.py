@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +22,15 @@ from shared.db.models import Artifact, Avatar, Job
 from shared.db.session import session_scope
 from shared.tenants import create_tenant
 from talkinghead.families import registry
-from talkinghead.families.contract import IMAGE_STAGES, PresetSpec
+from talkinghead.families.contract import (
+    IMAGE_STAGES,
+    AvatarSource,
+    InputSpec,
+    PresetSpec,
+    RenderControls,
+    TrainingRun,
+    TrainOptions,
+)
 from talkinghead.media import synth_test_video
 from tests.fixtures.workers import start_worker, stop
 from tests.unit.conftest import multipart_body
@@ -41,29 +48,46 @@ class PhotoTestFamily:
     name = PHOTO_FAMILY
     description = "a test family that makes avatars from a photo"
     sources = frozenset({"image"})
-    stages = IMAGE_STAGES
+    stages: tuple[str, ...] = IMAGE_STAGES
     presets: Mapping[str, PresetSpec] = {"photo": PresetSpec("photo", 256, "test preset")}
     default_preset = "photo"
-    inputs = ()
+    inputs: tuple[InputSpec, ...] = ()
     reads = frozenset({"image"})
 
     def config(self, preset: str) -> dict[str, Any]:
         """The preset as config."""
         return {"preset": preset}
 
-    def open_training(self, *args: object) -> Any:
+    def open_training(
+        self, source: AvatarSource, workdir: Path, config: dict[str, Any], options: TrainOptions
+    ) -> TrainingRun:
         """Photo families do not train."""
         raise NotImplementedError
 
-    def prepare(self, *args: object) -> dict[str, Any]:
+    def prepare(
+        self, source: AvatarSource, out_dir: Path, config: dict[str, Any]
+    ) -> dict[str, Any]:
         """Not reached: the worker in this test serves the ingest queue only."""
         raise NotImplementedError
 
-    def export(self, *args: object) -> dict[str, Any]:
+    def export(
+        self,
+        source: AvatarSource,
+        run: TrainingRun | None,
+        out_dir: Path,
+        config: dict[str, Any],
+        info: dict[str, Any],
+    ) -> dict[str, Any]:
         """Not reached."""
         raise NotImplementedError
 
-    def conditions(self, *args: object) -> Any:
+    def conditions(
+        self,
+        export_dir: Path,
+        manifest: Mapping[str, Any],
+        speech: np.ndarray,
+        controls: RenderControls,
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Not reached."""
         raise NotImplementedError
 
@@ -71,7 +95,7 @@ class PhotoTestFamily:
 @pytest.fixture
 def photo_family() -> Iterator[str]:
     """The test family, registered in this process (the API's) for the test's duration."""
-    registry.register(PhotoTestFamily())  # type: ignore[arg-type]
+    registry.register(PhotoTestFamily())
     try:
         yield PHOTO_FAMILY
     finally:
@@ -88,7 +112,7 @@ class Platform:
     env: dict[str, str]
     scratch: Path
 
-    def post(self, files: dict[str, tuple[str, bytes, str]], **fields: str) -> httpx.Response:
+    def post(self, files: dict[str, tuple[str, bytes, str]], **fields: str) -> Any:
         """A multipart `POST /v1/avatars` (the text fields come before the file)."""
         return self.client.post(
             "/v1/avatars",
@@ -97,7 +121,7 @@ class Platform:
             data={"consent": "true", **fields},
         )
 
-    def post_raw(self, parts: list[tuple[str, bytes, str | None]]) -> httpx.Response:
+    def post_raw(self, parts: list[tuple[str, bytes, str | None]]) -> Any:
         """A multipart `POST /v1/avatars` with its parts in exactly this order."""
         headers = {**self.headers, "Content-Type": "multipart/form-data; boundary=XyZ"}
         return self.client.post("/v1/avatars", headers=headers, content=multipart_body(parts))
@@ -164,28 +188,40 @@ def image_part(content: bytes, name: str = "photo.jpg") -> dict[str, tuple[str, 
     return {"image": (name, content, "application/octet-stream")}
 
 
+def video_only_family() -> str:
+    """A registered family that makes avatars from videos only."""
+    return next(name for name, f in registry.families().items() if "image" not in f.sources)
+
+
 def test_refused_at_post(platform: Platform, photo_family: str, tmp_path: Path) -> None:
     photo = encode(data.astronaut(), "JPEG")
     video = synth_test_video(tmp_path / "v.mp4", seconds=1, size=64).read_bytes()
     gif = encode(data.astronaut(), "GIF")
     p = platform
     # the format is checked by its signature, as for videos
-    assert_problem(p.post(image_part(gif, "a.jpg"), renderer=photo_family), 415,
-                   "unsupported_media_type")  # fmt: skip
+    gif_as_jpg = p.post(image_part(gif, "a.jpg"), renderer=photo_family)
+    assert_problem(gif_as_jpg, 415, "unsupported_media_type")
     assert_problem(p.post(image_part(b""), renderer=photo_family), 422, "empty_file")
     too_big = b"\x89PNG\r\n\x1a\n" + b"\0" * (BYTE_LIMIT + 10)
     assert_problem(p.post(image_part(too_big), renderer=photo_family), 413, "file_too_large")
     # exactly one source file
     both = {**image_part(photo), "video": ("v.mp4", video, "video/mp4")}
     assert_problem(p.post(both, renderer=photo_family), 422, "multiple_sources")
-    assert_problem(p.post({}, renderer=photo_family), 422, "source_required")
+    no_file = p.post_raw([("consent", b"true", None), ("renderer", photo_family.encode(), None)])
+    assert_problem(no_file, 422, "source_required")
     # a family that does not take the kind, named before or after the file (or the default)
-    refused = p.post(image_part(photo), renderer="still")
+    video_only = video_only_family()
+    refused = p.post(image_part(photo), renderer=video_only)
     body = assert_problem(refused, 422, "unsupported_source")
     assert "video" in str(body["detail"])
     assert_problem(p.post(image_part(photo)), 422, "unsupported_source")
-    late = p.post_raw([("consent", b"true", None), ("image", photo, "p.jpg"),
-                       ("renderer", b"still", None)])  # fmt: skip
+    late = p.post_raw(
+        [
+            ("consent", b"true", None),
+            ("image", photo, "p.jpg"),
+            ("renderer", video_only.encode(), None),
+        ]
+    )
     assert_problem(late, 422, "unsupported_source")
     video_to_photo_family = p.post({"video": ("v.mp4", video, "video/mp4")}, renderer=photo_family)
     assert "image" in str(
@@ -198,7 +234,7 @@ def test_refused_at_post(platform: Platform, photo_family: str, tmp_path: Path) 
     assert slot["max_bytes"] == BYTE_LIMIT
     put = p.client.put(f"/v1/uploads/{slot['upload_id']}", headers=p.headers, content=photo)
     assert put.status_code == 204
-    json_body = {"upload_id": slot["upload_id"], "consent": True, "renderer": "radnerf"}
+    json_body = {"upload_id": slot["upload_id"], "consent": True, "renderer": video_only}
     refused = p.client.post("/v1/avatars", headers=p.headers, json=json_body)
     assert_problem(refused, 422, "unsupported_source")
     assert p.avatar_count() == 0
@@ -243,7 +279,7 @@ def test_photo_avatars_through_the_ingest_worker(
                 ("image", encode(astronaut, "WEBP"), "w"),
                 ("renderer", photo_family.encode(), None),
             ]
-        ),  # fmt: skip
+        ),
     }
     good_ids = {}
     for label, made in good.items():
@@ -280,7 +316,8 @@ def test_photo_avatars_through_the_ingest_worker(
             a.resource_id: (a.key, a.info)
             for a in s.scalars(select(Artifact).where(Artifact.kind == "image"))
         }
-        assert {s.get(Avatar, a).source for a in good_ids.values()} == {"image"}  # type: ignore[union-attr]
+        rows = s.scalars(select(Avatar).where(Avatar.id.in_(good_ids.values()))).all()
+        assert [row.source for row in rows] == ["image"] * len(good_ids)
     assert set(arts) == set(good_ids.values())  # refused photos stored nothing
     for label, avatar_id in good_ids.items():
         key, info = arts[avatar_id]
@@ -293,7 +330,7 @@ def test_photo_avatars_through_the_ingest_worker(
             assert np.abs(pixels - upright).mean() < 4
         else:
             assert size == (512, 512)
-        x0, y0, x1, y1 = info["photo"]["face_box"]
+        x0, _, x1, y1 = info["photo"]["face_box"]
         assert y1 < size[1] / 2 and x1 - x0 > 60
     leftovers = [q.name for q in p.scratch.iterdir() if q.name.startswith("th-")]
     assert leftovers == [], "temporary files of ingest steps were left behind"

@@ -196,7 +196,7 @@ def exercise_and_evaluate(
             make_face_video(media / "face.mp4"),
             consent=True,
             callback_url=receiver.url,
-            renderer="still",
+            renderer="meanframe",
         )
         short = make_video(media / "short.mp4")
         refused = client.wait("avatar", client.create_avatar(short, consent=True)["id"], timeout=60)

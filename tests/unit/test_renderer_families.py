@@ -25,7 +25,7 @@ def test_every_preset_has_a_dataset_size_and_a_training_config() -> None:
     assert set(family.presets) == set(LIBRARY_PRESETS)
     sizes = {name: p.source_size for name, p in family.presets.items()}
     assert sizes == {"tiny": 128, "cpu-quick": 256, "gpu-standard": 512}
-    assert schemas.RENDERERS[:2] == ("radnerf", "still")
+    assert schemas.RENDERERS[:2] == ("radnerf", "meanframe")
     assert set(schemas.PRESETS) >= set(LIBRARY_PRESETS)
 
 
@@ -73,13 +73,13 @@ def test_openapi_lists_the_families_and_presets(api: Api) -> None:
     doc = api.client.get("/openapi.json").json()
     form = doc["paths"]["/v1/avatars"]["post"]["requestBody"]["content"]["multipart/form-data"]
     props = form["schema"]["properties"]
-    assert props["renderer"]["enum"][:2] == ["radnerf", "still"]
+    assert props["renderer"]["enum"][:2] == ["radnerf", "meanframe"]
     preset = props["preset"]
     enums = [preset.get("enum")] + [alt.get("enum") for alt in preset.get("anyOf", [])]
     assert ["tiny", "cpu-quick", "gpu-standard"] in [e[:3] for e in enums if e]
     assert "tests" in props["preset"]["description"]
     json_props = doc["components"]["schemas"]["AvatarCreate"]["properties"]
-    assert json_props["renderer"]["enum"][:2] == ["radnerf", "still"]
+    assert json_props["renderer"]["enum"][:2] == ["radnerf", "meanframe"]
 
 
 def _run_render_step(api: Api, render_id: str, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-
-@dataclass(frozen=True)
-class GridConfig:
-    """A multi-resolution dense grid encoder: resolutions per level and channels per level."""
-
-    resolutions: tuple[int, ...] = (16, 32, 64, 128)
-    channels: int = 4
+from talkinghead.components.grids import GridConfig
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,13 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch_op:
         # NULL: a job created before families named their stages (the fixed tables apply).
         batch_op.add_column(sa.Column("stages", sa.JSON(), nullable=True))
+    # The mean-frame family was called `still`; its name now says what it renders.
+    op.execute("UPDATE avatars SET renderer = 'meanframe' WHERE renderer = 'still'")
 
 
 def downgrade() -> None:
-    """Drop the columns again."""
+    """Drop the columns again and give the mean-frame family its old name."""
+    op.execute("UPDATE avatars SET renderer = 'still' WHERE renderer = 'meanframe'")
     with op.batch_alter_table("jobs") as batch_op:
         batch_op.drop_column("stages")
     with op.batch_alter_table("avatars") as batch_op:

@@ -1,7 +1,7 @@
-"""The `still` renderer: the clip's mean frame, learned in resumable segments.
+"""The `meanframe` model: the clip's mean frame, learned in resumable segments.
 
-It is the platform's baseline renderer (no lip motion) until the neural families land; it
-exercises the same train-in-segments, checkpoint, export and render path they will use.
+A running sum of frames is the whole training state, so it exercises the platform's
+train-in-segments, checkpoint, export and render path in seconds.
 """
 
 from __future__ import annotations

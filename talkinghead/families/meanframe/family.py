@@ -1,4 +1,4 @@
-"""The `still` family: the clip's mean frame over the speech, no lip motion.
+"""The `meanframe` family: the clip's mean frame held over the speech, no lip motion.
 
 Who it is for: operators smoke-testing a deployment (an avatar is ready in seconds on any
 machine, through every stage a trained family uses: ingest, preprocess, segmented training
@@ -28,7 +28,7 @@ from talkinghead.families.contract import (
     TrainingRun,
     TrainOptions,
 )
-from talkinghead.families.still.model import MAX_SIDE, StillState
+from talkinghead.families.meanframe.model import MAX_SIDE, StillState
 
 DEFAULT_SEGMENT = 50  # frames per training task unless the operator sets another
 # Presets only size the preprocessed dataset: the mean frame itself has nothing to tune.
@@ -39,7 +39,7 @@ PRESETS = {
 }
 
 
-class StillRun:
+class MeanFrameRun:
     """Adds frames to a running sum, a segment at a time (the whole training state)."""
 
     def __init__(self, video: Path, segment: int, total: int) -> None:
@@ -71,7 +71,7 @@ class StillRun:
 
     def run(self, steps: int | None = None, progress: Progress | None = None) -> int:
         """Add up to `steps` more frames; the video's end marks the run done."""
-        from talkinghead.families.still.model import train_segment
+        from talkinghead.families.meanframe.model import train_segment
 
         want = steps if steps is not None else 1 << 30
         added = train_segment(self.video, self.state, want)
@@ -99,17 +99,17 @@ class StillRun:
                 self.state = StillState.from_bytes(z["state"].tobytes())
                 self.exhausted = bool(z["end"])
         except (OSError, KeyError, ValueError) as exc:
-            raise ValueError(f"not a still checkpoint: {exc}") from None
+            raise ValueError(f"not a mean-frame checkpoint: {exc}") from None
 
     def summary(self) -> dict[str, Any]:
         """Frames seen."""
         return {"steps": self.step, "total_steps": self.total_steps, "stage": "mean"}
 
 
-class StillFamily:
+class MeanFrameFamily:
     """The mean frame of the source video, held for the length of the speech."""
 
-    name = "still"
+    name = "meanframe"
     description = "the source's mean frame over the speech (deployment smoke test, no lip motion)"
     sources = frozenset({"video"})
     stages = VIDEO_STAGES
@@ -131,19 +131,19 @@ class StillFamily:
         from talkinghead.media import MediaError, probe
 
         if source.video is None:
-            raise FamilyError("internal_error", "still trains from the normalised video")
+            raise FamilyError("internal_error", "meanframe trains from the normalised video")
         try:
             info = probe(source.video)
         except MediaError as exc:
             raise FamilyError(exc.code, exc.message) from None
         total = info.video.frames if info.video is not None else 0
-        return StillRun(source.video, options.segment_steps or DEFAULT_SEGMENT, total)
+        return MeanFrameRun(source.video, options.segment_steps or DEFAULT_SEGMENT, total)
 
     def prepare(
         self, source: AvatarSource, out_dir: Path, config: dict[str, Any]
     ) -> dict[str, Any]:
         """Not a stage of this family."""
-        raise FamilyError("internal_error", "still avatars are trained, not prepared")
+        raise FamilyError("internal_error", "meanframe avatars are trained, not prepared")
 
     def export(
         self,
@@ -155,13 +155,13 @@ class StillFamily:
     ) -> dict[str, Any]:
         """A TorchScript module returning the mean frame, measured against the first frame."""
         from talkinghead.export.artifact import write_export
-        from talkinghead.families.still.model import mean_frame
-        from talkinghead.families.still.renderer import constant_renderer
+        from talkinghead.families.meanframe.model import mean_frame
+        from talkinghead.families.meanframe.renderer import constant_renderer
         from talkinghead.media import iter_frames
         from talkinghead.metrics import psnr
 
-        if not isinstance(run, StillRun) or source.video is None:
-            raise FamilyError("internal_error", "still exports a still training run")
+        if not isinstance(run, MeanFrameRun) or source.video is None:
+            raise FamilyError("internal_error", "meanframe exports a mean-frame training run")
         try:
             image = mean_frame(run.state)
         except ValueError as exc:
@@ -181,4 +181,4 @@ class StillFamily:
             yield {"frame": np.arange(lo, hi, dtype=np.float32)}
 
 
-FAMILY = StillFamily()
+FAMILY = MeanFrameFamily()

@@ -1,4 +1,4 @@
-"""The still family's exported renderer: one opaque picture whatever the frame index."""
+"""The meanframe family's exported renderer: one opaque picture whatever the frame index."""
 
 from __future__ import annotations
 
