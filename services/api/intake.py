@@ -148,11 +148,11 @@ def check_source(renderer: str, source: str) -> None:
     """422 `unsupported_source` unless the renderer family makes avatars from this source kind."""
     accepted = get_family(renderer).sources
     if source not in accepted:
-        kinds = " or ".join(sorted(accepted))
         raise ApiError(
             422,
             "unsupported_source",
-            f"renderer {renderer!r} makes avatars from a {kinds} only, not from an {source}",
+            f"renderer {renderer!r} accepts {' or '.join(sorted(accepted))} sources only, "
+            f"not {source}",
         )
 
 

@@ -22,7 +22,7 @@ from tests.deploy.promql import (
     substitute,
 )
 
-TRITON_MODELS = ROOT / "triton_models"
+TRITON_MODEL = ROOT / "services" / "renderer" / "triton_model.py"
 # Exporters outside this code base: Triton's server metrics, DCGM, redis_exporter, Prometheus.
 EXTERNAL = re.compile(r"nv_(inference|gpu|cpu|energy|pinned)_\w+|DCGM_FI_\w+|redis_key_size|up")
 GPU = re.compile(r"nv_gpu_\w+|DCGM_FI_\w+")
@@ -43,8 +43,7 @@ def our_metrics() -> set[str]:
                     names |= {base + suffix for suffix in HISTOGRAM_SUFFIXES}
                 else:
                     names.add(base)
-    for model in TRITON_MODELS.glob("*/1/model.py"):
-        names |= set(re.findall(r'name="(talkinghead_\w+)"', model.read_text()))
+    names |= set(re.findall(r'name="(talkinghead_\w+)"', TRITON_MODEL.read_text()))
     return names
 
 
