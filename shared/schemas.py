@@ -181,7 +181,8 @@ class Render(BaseModel):
     stage: str
     progress: float
     error: dict[str, str] | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    # The options as requested (stored validated), so clients get the same typed model back.
+    options: RenderOptions = Field(default_factory=RenderOptions)
     metadata: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = None
     video_url: str | None = None

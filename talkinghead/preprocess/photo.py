@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageOps
 
 from talkinghead.media import MediaError
 
@@ -20,7 +20,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
 HEAD_BYTES = 16
 # Other image formats, named so that the refusal says what the file is rather than calling a
-# perfectly good image unreadable. Pillow recognises more still (see `_sniff`).
+# perfectly good image unreadable.
 _OTHER_IMAGES = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
@@ -75,17 +75,20 @@ class PhotoFacts:
 
 
 @dataclass(frozen=True)
-class _Face:
+class DetectedFace:
+    """One face a detector found."""
+
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
     score: float
 
     @property
     def area(self) -> float:
+        """Box area in square pixels."""
         x0, y0, x1, y1 = self.box
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
 
-def _sniff(path: Path, head: bytes) -> str:
+def _sniff(head: bytes) -> str:
     """Pillow's format name of an accepted photo; MediaError for anything else."""
     if head.startswith(_JPEG):
         return "JPEG"
@@ -98,14 +101,8 @@ def _sniff(path: Path, head: bytes) -> str:
             raise MediaError("unsupported_format", f"{name} images are not accepted; send a {_OK}")
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         raise MediaError("unsupported_format", f"HEIF/AVIF images are not accepted; send a {_OK}")
-    try:  # an image format Pillow knows but we do not take; it only reads the header here
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                name = img.format or "this"
-    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
-        raise MediaError("unreadable_media", "the file is not a JPEG, PNG or WebP image") from None
-    raise MediaError("unsupported_format", f"{name} images are not accepted; send a {_OK}")
+    # Not handed to Pillow to guess: its other format parsers never see an upload.
+    raise MediaError("unreadable_media", "the file is not a JPEG, PNG or WebP image")
 
 
 def _open(path: Path, fmt: str, limits: PhotoLimits) -> Image.Image:
@@ -161,6 +158,10 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
         return img
     try:
+        from PIL import ImageCms  # a Pillow built without littlecms lacks it
+    except ImportError:
+        return img
+    try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
         converted = ImageCms.profileToProfile(
@@ -209,7 +210,7 @@ def _scaled(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def _detector_faces(rgb: np.ndarray, min_score: float) -> list[_Face]:
+def _detector_faces(rgb: np.ndarray, min_score: float) -> list[DetectedFace]:
     """Faces found by mediapipe's full-range face detector."""
     import mediapipe as mp  # heavy import, only when a photo is checked
 
@@ -222,11 +223,12 @@ def _detector_faces(rgb: np.ndarray, min_score: float) -> list[_Face]:
     for det in result.detections or []:
         box = det.location_data.relative_bounding_box
         x0, y0 = box.xmin * w, box.ymin * h
-        faces.append(_Face((x0, y0, x0 + box.width * w, y0 + box.height * h), float(det.score[0])))
+        corners = (x0, y0, x0 + box.width * w, y0 + box.height * h)
+        faces.append(DetectedFace(corners, float(det.score[0])))
     return faces
 
 
-def _mesh_faces(rgb: np.ndarray, min_score: float) -> list[_Face]:
+def _mesh_faces(rgb: np.ndarray, min_score: float) -> list[DetectedFace]:
     """Faces found by the face mesh (close-ups the full-range detector misses)."""
     from talkinghead.preprocess.landmarks import FaceMeshDetector
 
@@ -235,17 +237,17 @@ def _mesh_faces(rgb: np.ndarray, min_score: float) -> list[_Face]:
     ) as mesh:
         found = mesh.detect(rgb)
     # The mesh reports no confidence; its own presence check already passed.
-    return [_Face(face.bbox, 1.0) for face in found]
+    return [DetectedFace(face.bbox, 1.0) for face in found]
 
 
-def find_faces(rgb: np.ndarray, min_score: float = 0.5) -> list[_Face]:
+def find_faces(rgb: np.ndarray, min_score: float = 0.5) -> list[DetectedFace]:
     """Faces in an RGB uint8 image, largest first."""
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
     faces = _detector_faces(image, min_score) or _mesh_faces(image, min_score)
     return sorted(faces, key=lambda f: f.area, reverse=True)
 
 
-def _main_face(rgb: np.ndarray, limits: PhotoLimits) -> _Face:
+def _main_face(rgb: np.ndarray, limits: PhotoLimits) -> DetectedFace:
     """The one face of the photo; MediaError when there is none or more than one person."""
     faces = find_faces(rgb, limits.min_face_score)
     if not faces:
@@ -260,7 +262,7 @@ def _main_face(rgb: np.ndarray, limits: PhotoLimits) -> _Face:
     return main
 
 
-def _pixel_box(face: _Face, width: int, height: int) -> tuple[int, int, int, int]:
+def _pixel_box(face: DetectedFace, width: int, height: int) -> tuple[int, int, int, int]:
     """The face box rounded to whole pixels inside the image."""
     x0, y0, x1, y1 = face.box
     return (
@@ -285,7 +287,7 @@ def _check(src: Path, out_png: Path, limits: PhotoLimits) -> PhotoFacts:
         raise MediaError(
             "image_too_large", f"the file is {size} bytes; at most {limits.max_bytes} are accepted"
         )
-    fmt = _sniff(src, head)
+    fmt = _sniff(head)
     with _open(src, fmt, limits) as img:
         rgb, orientation = _decode(img, fmt)
     source_size = rgb.size

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +18,7 @@ from skimage import data
 from sqlalchemy import select
 
 from services.api.app import create_app
+from services.client import TalkingHeadClient, source_kind
 from shared.config import Settings
 from shared.db.models import Artifact, Avatar, Job
 from shared.db.session import session_scope
@@ -334,3 +336,22 @@ def test_photo_avatars_through_the_ingest_worker(
         assert y1 < size[1] / 2 and x1 - x0 > 60
     leftovers = [q.name for q in p.scratch.iterdir() if q.name.startswith("th-")]
     assert leftovers == [], "temporary files of ingest steps were left behind"
+
+
+def test_client_sends_a_photo_as_the_image_part(tmp_path: Path) -> None:
+    sent: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.read())
+        return httpx.Response(202, json={"id": "av_1"})
+
+    photo = tmp_path / "portrait.bin"  # the content decides, not the name
+    photo.write_bytes(encode(data.astronaut(), "PNG"))
+    video = synth_test_video(tmp_path / "v.mp4", seconds=1, size=64)
+    assert (source_kind(photo), source_kind(video)) == ("image", "video")
+    with TalkingHeadClient("http://api", "k", transport=httpx.MockTransport(answer)) as client:
+        client.create_avatar(photo, consent=True, renderer=PHOTO_FAMILY)
+        client.create_avatar(video, consent=True)
+        client.create_avatar(photo, consent=True, source="video")  # said explicitly
+    assert [b'name="image"' in body for body in sent] == [True, False, False]
+    assert [b'name="video"' in body for body in sent] == [False, True, True]
