@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from talkinghead.families.contract import SOURCES
+from talkinghead.families.contract import AVATAR_STAGES, SOURCES
 from talkinghead.families.registry import DEFAULT_FAMILY, families
 
 
@@ -21,13 +21,9 @@ def _literal(values: tuple[str, ...]) -> Any:
 _FAMILIES = families()
 RENDERERS: tuple[str, ...] = tuple(_FAMILIES)
 PRESETS: tuple[str, ...] = tuple(dict.fromkeys(p for f in _FAMILIES.values() for p in f.presets))
-AVATAR_STATUSES: tuple[str, ...] = (
-    "queued",
-    *dict.fromkeys(stage for f in _FAMILIES.values() for stage in f.stages),
-    "ready",
-    "failed",
-    "cancelled",
-)
+# Every stage a family may name (not only those of the families at import), so an avatar of
+# a family registered later still validates.
+AVATAR_STATUSES: tuple[str, ...] = ("queued", *AVATAR_STAGES, "ready", "failed", "cancelled")
 if TYPE_CHECKING:  # the type checker sees names; pydantic and OpenAPI see the registry's values
     RendererName = str
     PresetName = str

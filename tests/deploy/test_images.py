@@ -220,3 +220,10 @@ def test_the_build_context_holds_the_sources_and_no_state() -> None:
                      ".talkinghead/talkinghead.db", "shared/__pycache__/config.cpython-311.pyc",
                      "demo-output/out.mp4"):  # fmt: skip
         assert dockerignore_excludes(kept_out, patterns), f"{kept_out} enters the images"
+
+
+def test_triton_image_generates_its_model_repository_from_the_registry() -> None:
+    text = (DOCKER / "triton.Dockerfile").read_text()
+    assert "RUN talkinghead triton-repo /models" in text
+    assert text.index("EXTRA_PACKAGES") < text.index("triton-repo")  # plugins first
+    assert '"--load-model=*"' in text and "COPY triton_models" not in text

@@ -173,7 +173,7 @@ def test_child_process_killed_mid_task(platform: Platform) -> None:
         for pid in pool:
             os.kill(pid, signal.SIGKILL)
         assert_finished_once(platform, avatar_id, job_id)
-        assert job_row(platform, job_id).state["frames_done"] == 110
+        assert job_row(platform, job_id).state["step"] == 110
     finally:
         stop(worker)
         stop(reconciler)
