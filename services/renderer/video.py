@@ -22,8 +22,10 @@ from talkinghead.components.compositing import over_background
 from talkinghead.export.artifact import (
     ASSETS,
     ArtifactError,
+    conform_inputs,
     frame_shape,
     load_assets,
+    manifest_inputs,
     read_manifest,
 )
 from talkinghead.families.contract import RenderControls, frames_for
@@ -139,7 +141,12 @@ def render_video(ctx: JobContext, rnd: Render, speech: SpeechAudio) -> dict[str,
             output_size=options.get("resolution"),
         ) as writer, family_errors():  # fmt: skip
             batches = family.conditions(ctx.workdir / "export", manifest, speech.wave, controls)
-            for inputs in batches:
+            specs = manifest_inputs(manifest)
+            for produced in batches:
+                try:  # the export's manifest, not the family's word, says what the renderer takes
+                    inputs = conform_inputs(specs, produced)
+                except ValueError as exc:
+                    raise RenderBackendError(f"{family.name} conditions: {exc}") from None
                 rgba = frames.render(rnd.avatar_id, family.name, inputs)
                 if rgba.shape[1:] != (height, width, 4):
                     raise RenderBackendError(

@@ -75,6 +75,31 @@ def manifest_inputs(manifest: Mapping[str, Any]) -> list[InputSpec]:
     return [InputSpec.from_dict(item) for item in inputs]
 
 
+def conform_inputs(
+    specs: list[InputSpec], inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """`inputs` in the specs' order and dtypes; ValueError naming what is missing or mis-shaped."""
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        names = [s.name for s in specs]
+        raise ValueError(f"missing inputs {missing}; this renderer takes {names}")
+    extra = sorted(set(inputs) - {s.name for s in specs})
+    if extra:
+        raise ValueError(f"inputs {extra} are not this renderer's")
+    sizes = {len(inputs[s.name]) for s in specs}
+    if len(sizes) != 1:
+        raise ValueError(f"every input needs the same number of frames, got {sorted(sizes)}")
+    out = {}
+    for spec in specs:
+        value = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
+        if tuple(value.shape[1:]) != spec.shape:
+            raise ValueError(
+                f"{spec.name}: need (B, {spec.shape}) per frame, got {tuple(value.shape[1:])}"
+            )
+        out[spec.name] = value
+    return out
+
+
 def frame_shape(manifest: Mapping[str, Any]) -> tuple[int, int]:
     """(height, width) of the frames the renderer returns."""
     size = int(manifest["size"])
@@ -225,38 +250,17 @@ class ExportedAvatar:
                 return spec.shape
         raise KeyError(f"this renderer takes no input {name!r}")
 
-    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
-        """The batch size B; ValueError naming what is missing or mis-shaped."""
-        specs = self.inputs
-        missing = [s.name for s in specs if s.name not in inputs]
-        if missing:
-            raise ValueError(
-                f"missing inputs {missing}; this renderer takes {[s.name for s in specs]}"
-            )
-        sizes = {len(inputs[s.name]) for s in specs}
-        if len(sizes) != 1:
-            raise ValueError(f"every input needs the same number of frames, got {sorted(sizes)}")
-        for spec in specs:
-            got = tuple(np.shape(inputs[spec.name])[1:])
-            if got != spec.shape:
-                raise ValueError(f"{spec.name}: need (B, {spec.shape}) per frame, got {got}")
-        return sizes.pop()
-
     @torch.no_grad()
     def render(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """(B, height, width, 4) uint8 premultiplied RGBA for B frames' named inputs."""
         specs = self.inputs
-        b = self.check_inputs(inputs)
+        inputs = conform_inputs(specs, inputs)
+        b = len(inputs[specs[0].name]) if specs else 0
         height, width = self.frame_shape
         out = np.empty((b, height, width, 4), np.uint8)
         # The traced graph renders one frame; a batch is a loop (the cost is per pixel anyway).
         for i in range(b):
-            args = [
-                torch.as_tensor(
-                    np.asarray(inputs[s.name][i : i + 1], dtype=s.dtype), device=self.device
-                )
-                for s in specs
-            ]
+            args = [torch.as_tensor(inputs[s.name][i : i + 1], device=self.device) for s in specs]
             frame = self.module(*args)
             if tuple(frame.shape) != (1, height, width, 4):
                 raise ArtifactError(
