@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import select, update
@@ -47,8 +48,6 @@ from talkinghead.families.registry import get_family
 log = logging.getLogger(__name__)
 
 METADATA_MAX_BYTES = 4096
-AVATAR_JSON_MAX_BYTES = 64 * 1024
-RENDER_JSON_MAX_BYTES = 8 * 1024 * 1024  # per-frame pose and eye lists can be long
 FIELD_MAX_BYTES = 64 * 1024
 OPTIONS_FIELD_MAX_BYTES = 8 * 1024 * 1024
 RENDER_OPTION_FIELDS = ("resolution", "background", "pose", "eyes")
@@ -56,31 +55,10 @@ RENDER_OPTION_FIELDS = ("resolution", "background", "pose", "eyes")
 _FORM_UPLOAD_ID = "multipart"
 _CONSENT_DETAIL = "consent must be true: attest that the person in the video or photo agreed"
 
-# The avatar's source is one file part: `video` or `image` (what the avatar is made from).
-AVATAR_FORM = FormSpec(
-    file_fields=SOURCES,
-    field_limits=dict.fromkeys(
-        ("consent", "name", "renderer", "preset", "callback_url", "metadata"), FIELD_MAX_BYTES
-    ),
-    too_large_codes={"metadata": "metadata_too_large"},
-    second_file_code="multiple_sources",
-)
-RENDER_FORM = FormSpec(
-    file_fields=("audio",),
-    field_limits={
-        "callback_url": FIELD_MAX_BYTES,
-        "metadata": FIELD_MAX_BYTES,
-        "resolution": FIELD_MAX_BYTES,
-        "background": FIELD_MAX_BYTES,
-        "options": OPTIONS_FIELD_MAX_BYTES,
-        "pose": OPTIONS_FIELD_MAX_BYTES,
-        "eyes": OPTIONS_FIELD_MAX_BYTES,
-    },
-    too_large_codes={"metadata": "metadata_too_large"},
-)
-
 _BOOL = TypeAdapter(bool)
-V = TypeVar("V", bound=BaseModel)
+V = TypeVar("V", bound=BaseModel)  # a resource's public view
+M = TypeVar("M", schemas.AvatarCreate, schemas.RenderCreate)  # a request body
+R = TypeVar("R", Avatar, Render)  # a resource's row
 
 
 @dataclass
@@ -156,28 +134,8 @@ def check_source(renderer: str, source: str) -> None:
         )
 
 
-def _source_missing() -> ApiError:
-    return ApiError(
-        422, "source_required", "send the portrait as one file part: `video` or `image`"
-    )
-
-
 def _consent_required() -> ApiError:
     return ApiError(422, "consent_required", _CONSENT_DETAIL)
-
-
-def _check_consent(fields: Mapping[str, str], *, final: bool) -> None:
-    raw = fields.get("consent")
-    if raw is None:
-        if final:
-            raise _consent_required()
-        return
-    try:
-        given = _BOOL.validate_python(raw.strip())
-    except ValidationError as exc:
-        raise validation_error(exc, ("consent",)) from None
-    if not given:
-        raise _consent_required()
 
 
 def _json_field(name: str, raw: str, *, text_fallback: bool) -> Any:
@@ -190,7 +148,7 @@ def _json_field(name: str, raw: str, *, text_fallback: bool) -> Any:
         raise ApiError(422, "validation_error", f"{name}: not valid JSON") from None
 
 
-def parse_json_body(model: type[V], body: bytes) -> V:
+def parse_json_body(model: type[M], body: bytes) -> M:
     """Validate a JSON request body; a missing `consent` is `consent_required`."""
     try:
         return model.model_validate_json(body)
@@ -198,125 +156,6 @@ def parse_json_body(model: type[V], body: bytes) -> V:
         if any(e["type"] == "missing" and tuple(e["loc"]) == ("consent",) for e in exc.errors()):
             raise _consent_required() from None
         raise validation_error(exc) from None
-
-
-def avatar_fields(intake: Intake, fields: Mapping[str, str], *, final: bool) -> AvatarFields:
-    """Validate the avatar form fields seen so far (all of them when `final`)."""
-    _check_consent(fields, final=final)
-    data: dict[str, Any] = {
-        k: fields[k] for k in ("name", "renderer", "preset", "callback_url") if k in fields
-    }
-    if "metadata" in fields:
-        data["metadata"] = _json_field("metadata", fields["metadata"], text_fallback=False)
-    try:
-        model = schemas.AvatarCreate.model_validate(
-            {**data, "consent": True, "upload_id": _FORM_UPLOAD_ID}
-        )
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    check_metadata(model.metadata)
-    if "callback_url" in fields:
-        check_callback(intake, model.callback_url)
-    return AvatarFields.from_model(model)
-
-
-def render_fields(intake: Intake, fields: Mapping[str, str]) -> RenderFields:
-    """Validate the render form fields seen so far."""
-    prefix: tuple[str, ...] = ()
-    options_data: dict[str, Any] = {}
-    if "options" in fields:
-        given = _json_field("options", fields["options"], text_fallback=False)
-        if not isinstance(given, dict):
-            raise ApiError(422, "validation_error", "options: must be a JSON object")
-        options_data.update(given)
-        prefix = ("options",)
-    for name in RENDER_OPTION_FIELDS:
-        if name in fields:  # individual fields override the same key in `options`
-            options_data[name] = _json_field(name, fields[name], text_fallback=True)
-            prefix = ()
-    try:
-        options = schemas.RenderOptions.model_validate(options_data)
-    except ValidationError as exc:
-        raise validation_error(exc, prefix) from None
-    data: dict[str, Any] = {}
-    if "callback_url" in fields:
-        data["callback_url"] = fields["callback_url"]
-    if "metadata" in fields:
-        data["metadata"] = _json_field("metadata", fields["metadata"], text_fallback=False)
-    try:
-        model = schemas.RenderCreate.model_validate(
-            {**options.model_dump(), **data, "upload_id": _FORM_UPLOAD_ID}
-        )
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    check_metadata(model.metadata)
-    check_callback(intake, model.callback_url)
-    return RenderFields.from_model(model)
-
-
-@dataclass(frozen=True)
-class AvatarFields:
-    """The validated, non-file part of an avatar request."""
-
-    name: str
-    renderer: str
-    preset: str
-    callback_url: str | None
-    metadata: dict[str, Any]
-
-    @classmethod
-    def from_model(cls, model: schemas.AvatarCreate) -> AvatarFields:
-        """Take the fields of a validated JSON or form body; the preset must be the family's."""
-        family = get_family(model.renderer)
-        preset = model.preset or family.default_preset
-        if preset not in family.presets:
-            raise ApiError(
-                422,
-                "unknown_preset",
-                f"preset: {model.renderer} offers {', '.join(family.presets)}, not {preset!r}",
-            )
-        return cls(
-            model.name,
-            model.renderer,
-            preset,
-            callback_or_none(model.callback_url),
-            model.metadata,
-        )
-
-    def canonical(self) -> dict[str, Any]:
-        """A stable form for request hashing."""
-        return {
-            "name": self.name,
-            "renderer": self.renderer,
-            "preset": self.preset,
-            "callback_url": self.callback_url,
-            "metadata": self.metadata,
-        }
-
-
-@dataclass(frozen=True)
-class RenderFields:
-    """The validated, non-file part of a render request."""
-
-    options: schemas.RenderOptions
-    callback_url: str | None
-    metadata: dict[str, Any]
-
-    @classmethod
-    def from_model(cls, model: schemas.RenderCreate) -> RenderFields:
-        """Take the fields of a validated JSON or form body."""
-        options = schemas.RenderOptions.model_validate(
-            model.model_dump(include=set(RENDER_OPTION_FIELDS))
-        )
-        return cls(options, callback_or_none(model.callback_url), model.metadata)
-
-    def canonical(self) -> dict[str, Any]:
-        """A stable form for request hashing."""
-        return {
-            "options": self.options.model_dump(mode="json"),
-            "callback_url": self.callback_url,
-            "metadata": self.metadata,
-        }
 
 
 def request_hash(payload: Mapping[str, Any]) -> str:
@@ -387,262 +226,204 @@ def _claim_upload(
     return upload
 
 
-def _check_background(session: Session, intake: Intake, options: schemas.RenderOptions) -> None:
-    background = options.background
-    if background.kind == "colour" and background.colour is None:
-        raise ApiError(422, "validation_error", "background.colour: required for kind 'colour'")
-    if background.kind == "image":
-        if background.upload_id is None:
-            raise ApiError(
-                422, "validation_error", "background.upload_id: required for kind 'image'"
-            )
-        # an image may back many renders, so it is checked but not consumed
-        _claim_upload(session, intake, background.upload_id, "image", consume=False)
+# -- the kinds of resource -------------------------------------------------------------
+class ResourceIntake(ABC, Generic[M, R, V]):
+    """One kind of resource, bound to a request: what creating it needs beyond the shared steps."""
 
+    # A form and a JSON body both validate as `body`, which then stands for the request's
+    # fields, so both paths share every check; the form's file part is named for its media.
+    prefix: str  # of the resource's ids
+    scope: str  # of its Idempotency-Keys
+    job_kind: str
+    form: FormSpec
+    body: type[M]
+    table: type[R]
+    json_max_bytes: int
+    form_sized_by: MediaKind  # the file whose limit bounds a whole form
+    missing_file: tuple[str, str]  # the problem code and detail of a form without its file
 
-# -- committing ------------------------------------------------------------------------
-def _find_record(
-    session: Session, intake: Intake, scope: str, key: str
-) -> IdempotencyRecord | None:
-    return session.scalar(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.tenant_id == intake.tenant_id,
-            IdempotencyRecord.scope == scope,
-            IdempotencyRecord.key == key,
-        )
-    )
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
 
+    @property
+    def media(self) -> tuple[MediaKind, ...]:
+        """What the resource is made from; the first where an upload's media is unknown."""
+        return cast(tuple[MediaKind, ...], self.form.file_fields)
 
-def _reused() -> ApiError:
-    return ApiError(
-        422,
-        "idempotency_key_reused",
-        "this Idempotency-Key was already used for a different request",
-    )
+    @property
+    def form_max_bytes(self) -> int:
+        """The largest multipart body worth reading."""
+        return upload_limit(self.intake.settings, self.form_sized_by) + self.form.max_extra_bytes
 
+    def check_first(self) -> None:
+        """Checks that come before any complaint about the body."""
 
-@dataclass
-class _Commit(Generic[V]):
-    """One creation: the rows to insert and how to show an existing resource."""
+    def check_body(self, body: M) -> None:
+        """Checks of a validated body (a form's too) that come before the shared ones."""
 
-    intake: Intake
-    scope: str
-    idempotency_key: str | None
-    request_hash: str
-    written_key: str | None  # the object this request stored, removed unless kept
-    insert: Callable[[Session], tuple[V, Job]]  # adds the rows; returns the view and the job
-    load: Callable[[Session, str], V | None]
+    def check_file(self, body: M, media: MediaKind, seen: Mapping[str, str] | None = None) -> None:
+        """Refuse media the body does not take; `seen`: the form's fields before its file."""
 
-    def _replay(self, session: Session) -> Created[V] | None:
-        if self.idempotency_key is None:
-            return None
-        record = _find_record(session, self.intake, self.scope, self.idempotency_key)
-        if record is None:
-            return None
-        if record.request_hash != self.request_hash:
-            raise _reused()
-        view = self.load(session, record.resource_id)
-        if view is None:
-            raise ApiError(
-                422, "idempotency_key_reused", "the resource made with this key was deleted"
-            )
-        return Created(view)
+    def check_insert(self, session: Session, body: M) -> None:
+        """Checks inside the creating transaction, before an upload is claimed."""
 
-    def run(self) -> Created[V]:
-        keep = False
+    def resolve(self, body: M) -> M:
+        """The body with the defaults that depend on other fields filled in."""
+        return body
+
+    @abstractmethod
+    def form_data(self, form: Mapping[str, str], *, final: bool) -> dict[str, Any]:
+        """The kind's own form fields seen so far (all of them when `final`) as `body` data."""
+
+    @abstractmethod
+    def canonical(self, body: M) -> dict[str, Any]:
+        """The fields hashed to recognise a repeated request."""
+
+    @abstractmethod
+    def object_key(self, resource_id: str, media: MediaKind) -> str:
+        """Where the form's file is stored."""
+
+    @abstractmethod
+    def columns(self, body: M, media: MediaKind, key: str, now: datetime) -> dict[str, Any]:
+        """The kind's own columns of its row, made from the object at `key`."""
+
+    @abstractmethod
+    def stages(self, body: M) -> Iterable[str]:
+        """The stages of the resource's job."""
+
+    @abstractmethod
+    def find(self, session: Session, resource_id: str) -> tuple[R, Job] | None:
+        """The tenant's live resource and its job."""
+
+    @abstractmethod
+    def view(self, row: R, job: Job) -> V:
+        """The public representation."""
+
+    def fields(self, form: Mapping[str, str], *, final: bool) -> M:
+        """Validate the form fields seen so far (all of them when `final`)."""
+        data = self.form_data(form, final=final)
+        if "callback_url" in form:
+            data["callback_url"] = form["callback_url"]
+        if "metadata" in form:
+            data["metadata"] = _json_field("metadata", form["metadata"], text_fallback=False)
         try:
-            with self.intake.sessions() as session:
-                replay = self._replay(session)
-                if replay is not None:
-                    return replay
-                try:
-                    view, job = self.insert(session)
-                    if self.idempotency_key is not None:
-                        session.add(
-                            IdempotencyRecord(
-                                tenant_id=self.intake.tenant_id,
-                                key=self.idempotency_key,
-                                scope=self.scope,
-                                request_hash=self.request_hash,
-                                resource_id=job.resource_id,
-                            )
-                        )
-                    session.commit()
-                except (IntegrityError, _UploadTaken) as exc:
-                    # a concurrent request with the same key may have won: answer with its
-                    # resource (ours is rolled back and our object removed)
-                    session.rollback()
-                    with self.intake.sessions() as fresh:
-                        replay = self._replay(fresh)
-                    if replay is not None:
-                        return replay
-                    if isinstance(exc, _UploadTaken):
-                        raise ApiError(
-                            404, "upload_not_found", "the upload was used by another request"
-                        ) from None
-                    raise
-            keep = True
-        finally:
-            if not keep and self.written_key is not None:
-                discard(self.intake.store, self.written_key)
-        return Created(view, job.id)
+            body = self.body.model_validate({**data, "upload_id": _FORM_UPLOAD_ID})
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        return self.accept(body)
 
+    def accept(self, body: M) -> M:
+        """A validated JSON or form body once every check passes; a blank callback is none."""
+        self.check_body(body)
+        check_metadata(body.metadata)
+        check_callback(self.intake, body.callback_url)
+        callback_url = callback_or_none(body.callback_url)
+        return self.resolve(body).model_copy(update={"callback_url": callback_url})
 
-def dispatch_job(jobs: JobService, job_id: str) -> None:
-    """Enqueue a committed job; a broker failure is logged, not raised."""
-    try:
-        jobs.dispatch(job_id)
-    except Exception:
-        # the job is committed; the reconciler enqueues jobs that never were
-        log.warning("could not enqueue job %s", job_id, exc_info=True)
-
-
-def _new_job(
-    tenant_id: str, kind: str, resource_id: str, now: datetime, stages: Iterable[str]
-) -> Job:
-    return Job(
-        tenant_id=tenant_id,
-        kind=kind,
-        resource_id=resource_id,
-        stages=list(stages),
-        status=JobStatus.queued.value,
-        stage="queued",
-        progress=0.0,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def _avatar_commit(
-    intake: Intake,
-    avatar_id: str,
-    fields: AvatarFields,
-    *,
-    source: MediaKind,
-    source_key: str | None,
-    upload_id: str | None,
-    idempotency_key: str | None,
-    hashed: str,
-) -> Created[schemas.Avatar]:
-    def insert(session: Session) -> tuple[schemas.Avatar, Job]:
-        key = source_key
-        if upload_id is not None:
-            key = _claim_upload(session, intake, upload_id, source, consume=True).key
-        assert key is not None
-        now = utcnow()
-        avatar = Avatar(
-            id=avatar_id,
-            tenant_id=intake.tenant_id,
-            name=fields.name,
-            renderer=fields.renderer,
-            preset=fields.preset,
-            consent=True,
-            consent_at=now,
-            consent_key_id=intake.principal.key_id,
-            callback_url=fields.callback_url,
-            meta=fields.metadata,
-            metrics={},
-            source_key=key,
-            source=source,
-            created_at=now,
-        )
-        job = _new_job(
-            intake.tenant_id, "avatar", avatar_id, now, get_family(fields.renderer).stages
-        )
-        session.add_all([avatar, job])
-        session.flush()
-        return avatar_view(avatar, job), job
-
-    def load(session: Session, resource_id: str) -> schemas.Avatar | None:
-        found = find_avatar(session, intake.tenant_id, resource_id)
-        return None if found is None else avatar_view(*found)
-
-    return _Commit(intake, "avatars", idempotency_key, hashed, source_key, insert, load).run()
-
-
-def create_avatar_from_form(
-    intake: Intake, chunks: Iterable[bytes], boundary: bytes, idempotency_key: str | None
-) -> Created[schemas.Avatar]:
-    """`POST /v1/avatars` with a multipart body, the video or photo streamed into the store."""
-    avatar_id = new_id("av")
-    form = StreamingForm(chunks, boundary, AVATAR_FORM)
-    written: list[str] = []
-    stored: list[tuple[MediaKind, SniffedStream]] = []
-
-    def before_file(name: str, seen: Mapping[str, str]) -> None:
-        fields = avatar_fields(intake, seen, final=False)
-        if "renderer" in seen:  # else a later field may still name a family that takes it
-            check_source(fields.renderer, name)
-
-    def consume(name: str, file_chunks: Iterator[bytes]) -> None:
-        kind: MediaKind = "image" if name == "image" else "video"
-        key = tenant_key(intake.tenant_id, "avatars", avatar_id, "source", kind)
-        written.append(key)  # before streaming: a partly written object is removed too
-        limit = upload_limit(intake.settings, kind)
-        stored.append((kind, stream_media(intake, key, file_chunks, kind, limit)))
-
-    try:
-        fields = form.read(before_file, consume)
-        if not stored:
-            raise _source_missing()
-        avatar = avatar_fields(intake, fields, final=True)
-        source, sniffed = stored[0]
-        check_source(avatar.renderer, source)
-    except BaseException:
-        for key in written:
-            discard(intake.store, key)
-        raise
-    # `video_sha256` for videos, as before photos existed, so earlier idempotency records match
-    hashed = request_hash({**avatar.canonical(), f"{source}_sha256": sniffed.sha256.hexdigest()})
-    return _avatar_commit(
-        intake,
-        avatar_id,
-        avatar,
-        source=source,
-        source_key=written[0],
-        upload_id=None,
-        idempotency_key=idempotency_key,
-        hashed=hashed,
-    )
-
-
-def _upload_source(intake: Intake, upload_id: str) -> MediaKind | None:
-    """The source kind an upload holds (its purpose); None unless a video or photo upload."""
-    with intake.sessions() as session:
-        purpose = session.scalar(
-            select(Upload.purpose).where(
-                Upload.id == upload_id, Upload.tenant_id == intake.tenant_id
+    def upload_media(self, upload_id: str) -> MediaKind | None:
+        """The media an upload holds, where the resource is made from it; else None."""
+        if len(self.media) == 1:
+            return self.media[0]  # claiming the upload checks it holds this
+        with self.intake.sessions() as session:
+            purpose = session.scalar(
+                select(Upload.purpose).where(
+                    Upload.id == upload_id, Upload.tenant_id == self.intake.tenant_id
+                )
             )
-        )
-    if purpose == "image":
-        return "image"
-    return "video" if purpose == "video" else None
+        return next((media for media in self.media if media == purpose), None)
 
 
-def create_avatar_from_json(
-    intake: Intake, raw: bytes, idempotency_key: str | None
-) -> Created[schemas.Avatar]:
-    """`POST /v1/avatars` with a JSON body naming a video or photo upload."""
-    body = parse_json_body(schemas.AvatarCreate, raw)
-    if not body.consent:
-        raise _consent_required()
-    check_metadata(body.metadata)
-    check_callback(intake, body.callback_url)
-    fields = AvatarFields.from_model(body)
-    source = _upload_source(intake, body.upload_id)
-    if source is not None:  # no such upload: claiming it below answers 404
-        check_source(fields.renderer, source)
-    hashed = request_hash({**fields.canonical(), "upload_id": body.upload_id})
-    return _avatar_commit(
-        intake,
-        new_id("av"),
-        fields,
-        source=source or "video",
-        source_key=None,
-        upload_id=body.upload_id,
-        idempotency_key=idempotency_key,
-        hashed=hashed,
+class AvatarIntake(ResourceIntake[schemas.AvatarCreate, Avatar, schemas.Avatar]):
+    """Avatars, made from one portrait video or photo with the person's consent."""
+
+    prefix = "av"
+    scope = "avatars"
+    job_kind = "avatar"
+    # the source is one file part, `video` or `image`: what the avatar is made from
+    form = FormSpec(
+        file_fields=SOURCES,
+        field_limits=dict.fromkeys(
+            ("consent", "name", "renderer", "preset", "callback_url", "metadata"), FIELD_MAX_BYTES
+        ),
+        too_large_codes={"metadata": "metadata_too_large"},
+        second_file_code="multiple_sources",
     )
+    body = schemas.AvatarCreate
+    table = Avatar
+    json_max_bytes = 64 * 1024
+    form_sized_by = "video"
+    missing_file = ("source_required", "send the portrait as one file part: `video` or `image`")
+
+    def check_body(self, body: schemas.AvatarCreate) -> None:
+        """422 `consent_required` unless consent is given."""
+        if not body.consent:
+            raise _consent_required()
+
+    def check_file(
+        self, body: schemas.AvatarCreate, media: MediaKind, seen: Mapping[str, str] | None = None
+    ) -> None:
+        """422 `unsupported_source` unless the renderer family makes avatars from the media."""
+        if seen is None or "renderer" in seen:  # else a later field may name a family taking it
+            check_source(body.renderer, media)
+
+    def resolve(self, body: schemas.AvatarCreate) -> schemas.AvatarCreate:
+        """The family's default preset where none is named; 422 `unknown_preset` if not its."""
+        family = get_family(body.renderer)
+        preset = body.preset or family.default_preset
+        if preset not in family.presets:
+            raise ApiError(
+                422,
+                "unknown_preset",
+                f"preset: {body.renderer} offers {', '.join(family.presets)}, not {preset!r}",
+            )
+        return body.model_copy(update={"preset": preset})
+
+    def form_data(self, form: Mapping[str, str], *, final: bool) -> dict[str, Any]:
+        """Consent (checked before anything else) and the naming fields."""
+        raw = form.get("consent")
+        if raw is None and final:
+            raise _consent_required()
+        if raw is not None:
+            try:
+                given = _BOOL.validate_python(raw.strip())
+            except ValidationError as exc:
+                raise validation_error(exc, ("consent",)) from None
+            if not given:
+                raise _consent_required()
+        return {
+            "consent": True,
+            **{k: form[k] for k in ("name", "renderer", "preset") if k in form},
+        }
+
+    def canonical(self, body: schemas.AvatarCreate) -> dict[str, Any]:
+        return body.model_dump(include={"name", "renderer", "preset", "callback_url", "metadata"})
+
+    def object_key(self, resource_id: str, media: MediaKind) -> str:
+        return tenant_key(self.intake.tenant_id, "avatars", resource_id, "source", media)
+
+    def columns(
+        self, body: schemas.AvatarCreate, media: MediaKind, key: str, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "name": body.name,
+            "renderer": body.renderer,
+            "preset": body.preset,
+            "consent": True,
+            "consent_at": now,
+            "consent_key_id": self.intake.principal.key_id,
+            "metrics": {},
+            "source_key": key,
+            "source": media,
+        }
+
+    def stages(self, body: schemas.AvatarCreate) -> Iterable[str]:
+        return get_family(body.renderer).stages
+
+    def find(self, session: Session, resource_id: str) -> tuple[Avatar, Job] | None:
+        return find_avatar(session, self.intake.tenant_id, resource_id)
+
+    def view(self, row: Avatar, job: Job) -> schemas.Avatar:
+        return avatar_view(row, job)
 
 
 def require_ready_avatar(session: Session, tenant_id: str, avatar_id: str) -> None:
@@ -656,113 +437,280 @@ def require_ready_avatar(session: Session, tenant_id: str, avatar_id: str) -> No
         )
 
 
-def _render_commit(
-    intake: Intake,
-    avatar_id: str,
-    render_id: str,
-    fields: RenderFields,
-    *,
-    audio_key: str | None,
-    upload_id: str | None,
-    idempotency_key: str | None,
-    hashed: str,
-) -> Created[schemas.Render]:
-    base_url = intake.settings.public_base_url
+class RenderIntake(ResourceIntake[schemas.RenderCreate, Render, schemas.Render]):
+    """Renders of a ready avatar speaking one audio file."""
 
-    def insert(session: Session) -> tuple[schemas.Render, Job]:
-        require_ready_avatar(session, intake.tenant_id, avatar_id)
-        _check_background(session, intake, fields.options)
-        key = audio_key
-        if upload_id is not None:
-            key = _claim_upload(session, intake, upload_id, "audio", consume=True).key
+    prefix = "rn"
+    job_kind = "render"
+    form = FormSpec(
+        file_fields=("audio",),
+        field_limits={
+            "callback_url": FIELD_MAX_BYTES,
+            "metadata": FIELD_MAX_BYTES,
+            "resolution": FIELD_MAX_BYTES,
+            "background": FIELD_MAX_BYTES,
+            "options": OPTIONS_FIELD_MAX_BYTES,
+            "pose": OPTIONS_FIELD_MAX_BYTES,
+            "eyes": OPTIONS_FIELD_MAX_BYTES,
+        },
+        too_large_codes={"metadata": "metadata_too_large"},
+    )
+    body = schemas.RenderCreate
+    table = Render
+    json_max_bytes = 8 * 1024 * 1024  # per-frame pose and eye lists can be long
+    form_sized_by = "audio"
+    missing_file = ("validation_error", "audio: Field required")
+
+    def __init__(self, intake: Intake, avatar_id: str) -> None:
+        super().__init__(intake)
+        self.avatar_id = avatar_id
+        self.scope = f"renders:{avatar_id}"
+
+    def check_first(self) -> None:
+        """404 / 409 for the avatar come before complaints about the body."""
+        with self.intake.sessions() as session:
+            require_ready_avatar(session, self.intake.tenant_id, self.avatar_id)
+
+    def check_insert(self, session: Session, body: schemas.RenderCreate) -> None:
+        """The avatar is still ready; an image background is the tenant's."""
+        require_ready_avatar(session, self.intake.tenant_id, self.avatar_id)
+        background = body.background
+        if background.kind == "colour" and background.colour is None:
+            raise ApiError(422, "validation_error", "background.colour: required for kind 'colour'")
+        if background.kind == "image":
+            if background.upload_id is None:
+                raise ApiError(
+                    422, "validation_error", "background.upload_id: required for kind 'image'"
+                )
+            # an image may back many renders, so it is checked but not consumed
+            _claim_upload(session, self.intake, background.upload_id, "image", consume=False)
+
+    def form_data(self, form: Mapping[str, str], *, final: bool) -> dict[str, Any]:
+        """The options: an `options` JSON object, single option fields overriding its keys."""
+        prefix: tuple[str, ...] = ()
+        options: dict[str, Any] = {}
+        if "options" in form:
+            given = _json_field("options", form["options"], text_fallback=False)
+            if not isinstance(given, dict):
+                raise ApiError(422, "validation_error", "options: must be a JSON object")
+            options.update(given)
+            prefix = ("options",)
+        for name in RENDER_OPTION_FIELDS:
+            if name in form:
+                options[name] = _json_field(name, form[name], text_fallback=True)
+                prefix = ()
+        try:
+            return schemas.RenderOptions.model_validate(options).model_dump()
+        except ValidationError as exc:
+            raise validation_error(exc, prefix) from None
+
+    def canonical(self, body: schemas.RenderCreate) -> dict[str, Any]:
+        options = body.model_dump(mode="json", include=set(RENDER_OPTION_FIELDS))
+        return {"options": options, "callback_url": body.callback_url, "metadata": body.metadata}
+
+    def object_key(self, resource_id: str, media: MediaKind) -> str:
+        return tenant_key(self.intake.tenant_id, "renders", resource_id, "audio")
+
+    def columns(
+        self, body: schemas.RenderCreate, media: MediaKind, key: str, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "avatar_id": self.avatar_id,
+            "options": body.model_dump(mode="json", include=set(RENDER_OPTION_FIELDS)),
+            "audio_key": key,
+        }
+
+    def stages(self, body: schemas.RenderCreate) -> Iterable[str]:
+        return PIPELINES["render"]
+
+    def find(self, session: Session, resource_id: str) -> tuple[Render, Job] | None:
+        return find_render(session, self.intake.tenant_id, resource_id)
+
+    def view(self, row: Render, job: Job) -> schemas.Render:
+        return render_view(row, job, self.intake.settings.public_base_url)
+
+
+# -- committing ------------------------------------------------------------------------
+@dataclass
+class _Commit(Generic[M, R, V]):
+    """One creation: the resource's row and job, inserted once per Idempotency-Key."""
+
+    kind: ResourceIntake[M, R, V]
+    resource_id: str
+    body: M
+    media: MediaKind
+    idempotency_key: str | None
+    request_hash: str
+    written_key: str | None = None  # the object this request stored, removed unless kept
+    upload_id: str | None = None  # else the upload holding the file, claimed on insert
+
+    def _replay(self, session: Session) -> Created[V] | None:
+        if self.idempotency_key is None:
+            return None
+        record = session.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.tenant_id == self.kind.intake.tenant_id,
+                IdempotencyRecord.scope == self.kind.scope,
+                IdempotencyRecord.key == self.idempotency_key,
+            )
+        )
+        if record is None:
+            return None
+        if record.request_hash != self.request_hash:
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request",
+            )
+        found = self.kind.find(session, record.resource_id)
+        if found is None:
+            raise ApiError(
+                422, "idempotency_key_reused", "the resource made with this key was deleted"
+            )
+        return Created(self.kind.view(*found))
+
+    def _insert(self, session: Session) -> tuple[V, Job]:
+        kind = self.kind
+        kind.check_insert(session, self.body)
+        key = self.written_key
+        if self.upload_id is not None:
+            key = _claim_upload(session, kind.intake, self.upload_id, self.media, consume=True).key
         assert key is not None
         now = utcnow()
-        render = Render(
-            id=render_id,
-            tenant_id=intake.tenant_id,
-            avatar_id=avatar_id,
-            options=fields.options.model_dump(mode="json"),
-            callback_url=fields.callback_url,
-            meta=fields.metadata,
-            audio_key=key,
+        row = kind.table(
+            id=self.resource_id,
+            tenant_id=kind.intake.tenant_id,
+            callback_url=self.body.callback_url,
+            meta=self.body.metadata,
             created_at=now,
+            **kind.columns(self.body, self.media, key, now),
         )
-        job = _new_job(intake.tenant_id, "render", render_id, now, PIPELINES["render"])
-        session.add_all([render, job])
+        job = Job(
+            tenant_id=kind.intake.tenant_id,
+            kind=kind.job_kind,
+            resource_id=self.resource_id,
+            stages=list(kind.stages(self.body)),
+            status=JobStatus.queued.value,
+            stage="queued",
+            progress=0.0,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add_all([row, job])
         session.flush()
-        return render_view(render, job, base_url), job
+        return kind.view(row, job), job
 
-    def load(session: Session, resource_id: str) -> schemas.Render | None:
-        found = find_render(session, intake.tenant_id, resource_id)
-        return None if found is None else render_view(*found, base_url)
+    def run(self) -> Created[V]:
+        intake = self.kind.intake
+        keep = False
+        try:
+            with intake.sessions() as session:
+                replay = self._replay(session)
+                if replay is not None:
+                    return replay
+                try:
+                    view, job = self._insert(session)
+                    if self.idempotency_key is not None:
+                        session.add(
+                            IdempotencyRecord(
+                                tenant_id=intake.tenant_id,
+                                key=self.idempotency_key,
+                                scope=self.kind.scope,
+                                request_hash=self.request_hash,
+                                resource_id=job.resource_id,
+                            )
+                        )
+                    session.commit()
+                except (IntegrityError, _UploadTaken) as exc:
+                    # a concurrent request with the same key may have won: answer with its
+                    # resource (ours is rolled back and our object removed)
+                    session.rollback()
+                    with intake.sessions() as fresh:
+                        replay = self._replay(fresh)
+                    if replay is not None:
+                        return replay
+                    if isinstance(exc, _UploadTaken):
+                        raise ApiError(
+                            404, "upload_not_found", "the upload was used by another request"
+                        ) from None
+                    raise
+            keep = True
+        finally:
+            if not keep and self.written_key is not None:
+                discard(intake.store, self.written_key)
+        return Created(view, job.id)
 
-    return _Commit(
-        intake, f"renders:{avatar_id}", idempotency_key, hashed, audio_key, insert, load
-    ).run()
+
+def dispatch_job(jobs: JobService, job_id: str) -> None:
+    """Enqueue a committed job; a broker failure is logged, not raised."""
+    try:
+        jobs.dispatch(job_id)
+    except Exception:
+        # the job is committed; the reconciler enqueues jobs that never were
+        log.warning("could not enqueue job %s", job_id, exc_info=True)
 
 
-def create_render_from_form(
-    intake: Intake,
-    avatar_id: str,
+def create_from_form(
+    kind: ResourceIntake[M, R, V],
     chunks: Iterable[bytes],
     boundary: bytes,
     idempotency_key: str | None,
-) -> Created[schemas.Render]:
-    """`POST /v1/avatars/{id}/renders` with a multipart body, the audio streamed."""
-    with intake.sessions() as session:
-        require_ready_avatar(session, intake.tenant_id, avatar_id)
-    render_id = new_id("rn")
-    key = tenant_key(intake.tenant_id, "renders", render_id, "audio")
-    form = StreamingForm(chunks, boundary, RENDER_FORM)
-    stored: list[SniffedStream] = []
+) -> Created[V]:
+    """Create from a multipart body, its one file streamed into the store as it arrives."""
+    kind.check_first()
+    intake = kind.intake
+    resource_id = new_id(kind.prefix)
+    form = StreamingForm(chunks, boundary, kind.form)
+    written: list[str] = []
+    stored: list[tuple[MediaKind, SniffedStream]] = []
+
+    def before_file(name: str, seen: Mapping[str, str]) -> None:
+        kind.check_file(kind.fields(seen, final=False), cast(MediaKind, name), seen)
 
     def consume(name: str, file_chunks: Iterator[bytes]) -> None:
-        max_bytes = intake.settings.max_audio_bytes
-        stored.append(stream_media(intake, key, file_chunks, "audio", max_bytes))
+        media = cast(MediaKind, name)  # the form hands over only parts named in `kind.media`
+        key = kind.object_key(resource_id, media)
+        written.append(key)  # before streaming: a partly written object is removed too
+        limit = upload_limit(intake.settings, media)
+        stored.append((media, stream_media(intake, key, file_chunks, media, limit)))
 
     try:
-        fields = form.read(lambda name, seen: render_fields(intake, seen), consume)
+        given = form.read(before_file, consume)
         if not stored:
-            raise ApiError(422, "validation_error", "audio: Field required")
-        render = render_fields(intake, fields)
+            raise ApiError(422, *kind.missing_file)
+        body = kind.fields(given, final=True)
+        media, sniffed = stored[0]
+        kind.check_file(body, media)
     except BaseException:
-        discard(intake.store, key)
+        for key in written:
+            discard(intake.store, key)
         raise
-    hashed = request_hash({**render.canonical(), "audio_sha256": stored[0].sha256.hexdigest()})
-    return _render_commit(
-        intake,
-        avatar_id,
-        render_id,
-        render,
-        audio_key=key,
-        upload_id=None,
-        idempotency_key=idempotency_key,
-        hashed=hashed,
-    )
+    # `video_sha256` for videos as before photos existed, `audio_sha256` for renders: earlier
+    # idempotency records still match
+    sha256 = sniffed.sha256.hexdigest()
+    hashed = request_hash({**kind.canonical(body), f"{media}_sha256": sha256})
+    return _Commit(kind, resource_id, body, media, idempotency_key, hashed, written[0]).run()
 
 
-def create_render_from_json(
-    intake: Intake, avatar_id: str, raw: bytes, idempotency_key: str | None
-) -> Created[schemas.Render]:
-    """`POST /v1/avatars/{id}/renders` with a JSON body naming an audio upload."""
-    # 404 / 409 for the avatar come before complaints about the body
-    with intake.sessions() as session:
-        require_ready_avatar(session, intake.tenant_id, avatar_id)
-    body = parse_json_body(schemas.RenderCreate, raw)
-    check_metadata(body.metadata)
-    check_callback(intake, body.callback_url)
-    fields = RenderFields.from_model(body)
-    hashed = request_hash({**fields.canonical(), "upload_id": body.upload_id})
-    return _render_commit(
-        intake,
-        avatar_id,
-        new_id("rn"),
-        fields,
-        audio_key=None,
+def create_from_json(
+    kind: ResourceIntake[M, R, V], raw: bytes, idempotency_key: str | None
+) -> Created[V]:
+    """Create from a JSON body naming an upload that holds the file."""
+    kind.check_first()
+    body = kind.accept(parse_json_body(kind.body, raw))
+    media = kind.upload_media(body.upload_id)
+    if media is not None:  # no such upload: claiming it below answers 404
+        kind.check_file(body, media)
+    hashed = request_hash({**kind.canonical(body), "upload_id": body.upload_id})
+    return _Commit(
+        kind,
+        new_id(kind.prefix),
+        body,
+        media or kind.media[0],
+        idempotency_key,
+        hashed,
         upload_id=body.upload_id,
-        idempotency_key=idempotency_key,
-        hashed=hashed,
-    )
+    ).run()
 
 
 # -- uploads ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def render(ctx: JobContext) -> StepResult:
     # Imported here so that workers of other queues never load the renderers' dependencies.
     from services.renderer import video
 
-    return StepResult(state={**state, **video.render_video(ctx, rnd, speech)}, progress=0.95)
+    return StepResult(state={**state, **video.render_to_mp4(ctx, rnd, speech)}, progress=0.95)
 
 
 @stage_task("talkinghead.encode")

@@ -115,7 +115,7 @@ def render_controls(ctx: JobContext, rnd: Render, n: int) -> RenderControls:
     )
 
 
-def render_video(ctx: JobContext, rnd: Render, speech: SpeechAudio) -> dict[str, Any]:
+def render_to_mp4(ctx: JobContext, rnd: Render, speech: SpeechAudio) -> dict[str, Any]:
     """Render every frame through the backend, stream it into ffmpeg, store the mp4."""
     manifest = load_conditioning(ctx, rnd.avatar_id)
     try:

@@ -121,7 +121,8 @@ def test_radnerf_avatar_trains_in_segments_and_exports(
         "family": "radnerf",
         "preset": "tiny",
         "step": TINY.total_steps,
-        "format": 2,
+        "format": 3,
+        "avatar_id": created["id"],
     }
     assert art_key == manifest_key(created["id"]) and store.exists(art_key)
     # The export is self-contained: downloaded, verified and loaded without the trainer.

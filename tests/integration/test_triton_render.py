@@ -268,10 +268,14 @@ def test_two_avatars_render_concurrently_through_one_model(
     served.store.delete_prefix(export_prefix(second))
 
 
-def _cache_events(triton: TritonServer) -> dict[str, float]:
+def _cache_events(triton: TritonServer, model: str = "radnerf") -> dict[str, float]:
     events = {}
     for line in httpx.get(triton.metrics_url, timeout=10).text.splitlines():
-        if line.startswith("talkinghead_renderer_avatar_cache_total{"):
+        # every family's model counts apart (model label); this test drives one of them
+        if (
+            line.startswith("talkinghead_renderer_avatar_cache_total{")
+            and f'model="{model}"' in line
+        ):
             event = line.split('event="', 1)[1].split('"', 1)[0]
             events[event] = float(line.rsplit(" ", 1)[1])
     return events

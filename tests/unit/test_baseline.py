@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from talkinghead.components.rays import box_intersection
-from talkinghead.data.rays import sample_rays
+from talkinghead.data.ray_batches import sample_rays
 from talkinghead.families.radnerf.adnerf_baseline import BaselineNerf, sample_pdf, stratified_depths
 from talkinghead.families.radnerf.config import TINY, preset
 from talkinghead.families.radnerf.model import Conditions, RadNerf

@@ -77,9 +77,16 @@ def test_export_matches_under_new_speech_poses_and_closed_eyes(
 
 def test_manifest_names_shapes_and_checksums(exported: Path) -> None:
     manifest = json.loads((exported / MANIFEST).read_text())
-    assert manifest["format"] == 2 and manifest["family"] == "radnerf"
+    assert manifest["format"] == 3 and manifest["family"] == "radnerf"
     assert manifest["size"] == 128 and manifest["avatar_id"] == "av_unit"
-    assert len(manifest["inputs"]["audio"]) == 3
+    assert (manifest["height"], manifest["width"]) == (128, 128)
+    inputs = manifest["inputs"]  # named, in call order, each with dtype and per-frame shape
+    assert [(i["name"], i["dtype"]) for i in inputs] == [
+        ("pose", "float32"), ("audio", "float32"), ("eye", "float32")
+    ]  # fmt: skip
+    assert (
+        inputs[0]["shape"] == [4, 4] and len(inputs[1]["shape"]) == 3 and inputs[2]["shape"] == []
+    )
     assert set(manifest["files"]) == {"renderer.ts", "assets.npz"}
     assert "path" not in manifest["audio"]  # no machine-local paths travel with an export
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -29,11 +30,11 @@ from services.api.deps import (
 from services.api.errors import ApiError, problems
 from services.api.events import open_event_stream
 from services.api.intake import (
-    AVATAR_FORM,
-    AVATAR_JSON_MAX_BYTES,
+    AvatarIntake,
     Intake,
-    create_avatar_from_form,
-    create_avatar_from_json,
+    ResourceIntake,
+    create_from_form,
+    create_from_json,
     dispatch_job,
 )
 from services.api.multipart import boundary_of
@@ -45,6 +46,7 @@ from shared import schemas
 from shared.db.models import Avatar, Job
 from shared.resources import avatar_view
 
+V = TypeVar("V", bound=BaseModel)
 router = APIRouter(prefix="/v1/avatars", tags=["avatars"], responses=problems(401, 422))
 
 AvatarId = Annotated[str, Path(max_length=40, description="The avatar's id (`av_...`).")]
@@ -72,6 +74,29 @@ EVENT_STREAM: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def create_resource(
+    kind: ResourceIntake[Any, Any, V],
+    request: Request,
+    background: BackgroundTasks,
+    idempotency_key: str | None,
+) -> V:
+    """Create from a multipart body (the file streamed) or a JSON one naming an upload."""
+    if body_kind(request) == "multipart":
+        boundary = boundary_of(request.headers["content-type"])
+        refuse_if_longer(request, kind.form_max_bytes, "file_too_large", "the request")
+        chunks = blocking_chunks(request)
+        created = await run_upload(
+            partial(create_from_form, kind, chunks, boundary, idempotency_key)
+        )
+    else:
+        raw = await read_body(request, kind.json_max_bytes)
+        created = await run_in_threadpool(create_from_json, kind, raw, idempotency_key)
+    if created.job_id is not None:
+        # enqueue after the response: the job is committed, and the reconciler covers a crash
+        background.add_task(dispatch_job, kind.intake.jobs, created.job_id)
+    return created.view
+
+
 @router.post(
     "",
     status_code=202,
@@ -94,31 +119,8 @@ async def create_avatar(
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.Avatar:
     """Start making an avatar from a portrait video or photo (multipart) or an upload (JSON)."""
-    intake = Intake(settings, store, jobs, sessions, principal)
-    if body_kind(request) == "multipart":
-        boundary = boundary_of(request.headers["content-type"])
-        refuse_if_longer(
-            request,
-            settings.max_video_bytes + AVATAR_FORM.max_extra_bytes,
-            "file_too_large",
-            "the request",
-        )
-        created = await run_upload(
-            partial(
-                create_avatar_from_form,
-                intake,
-                blocking_chunks(request),
-                boundary,
-                idempotency_key,
-            )
-        )
-    else:
-        raw = await read_body(request, AVATAR_JSON_MAX_BYTES)
-        created = await run_in_threadpool(create_avatar_from_json, intake, raw, idempotency_key)
-    if created.job_id is not None:
-        # enqueue after the response: the job is committed, and the reconciler covers a crash
-        background.add_task(dispatch_job, jobs, created.job_id)
-    return created.view
+    kind = AvatarIntake(Intake(settings, store, jobs, sessions, principal))
+    return await create_resource(kind, request, background, idempotency_key)
 
 
 @router.get("", response_model=schemas.Page[schemas.Avatar], operation_id="listAvatars")

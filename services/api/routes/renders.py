@@ -9,9 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
-from services.api.bodies import blocking_chunks, body_kind, read_body, refuse_if_longer, run_upload
 from services.api.deps import (
     JobsDep,
     PrincipalDep,
@@ -22,19 +20,11 @@ from services.api.deps import (
 )
 from services.api.errors import ApiError, problems
 from services.api.events import open_event_stream
-from services.api.intake import (
-    RENDER_FORM,
-    RENDER_JSON_MAX_BYTES,
-    Intake,
-    create_render_from_form,
-    create_render_from_json,
-    dispatch_job,
-)
-from services.api.multipart import boundary_of
+from services.api.intake import Intake, RenderIntake
 from services.api.openapi import render_request_body
 from services.api.queries import find_render, get_render, not_found
 from services.api.removal import delete_render
-from services.api.routes.avatars import EVENT_STREAM, AvatarId, IdempotencyKey
+from services.api.routes.avatars import EVENT_STREAM, AvatarId, IdempotencyKey, create_resource
 from shared import schemas
 from shared.db.models import Job, JobStatus
 from shared.resources import render_view
@@ -117,35 +107,8 @@ async def create_render(
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.Render:
     """Render the avatar speaking the audio (multipart) or an earlier audio upload (JSON)."""
-    intake = Intake(settings, store, jobs, sessions, principal)
-    kind = body_kind(request)
-    if kind == "multipart":
-        boundary = boundary_of(request.headers["content-type"])
-        refuse_if_longer(
-            request,
-            settings.max_audio_bytes + RENDER_FORM.max_extra_bytes,
-            "file_too_large",
-            "the request",
-        )
-        created = await run_upload(
-            partial(
-                create_render_from_form,
-                intake,
-                avatar_id,
-                blocking_chunks(request),
-                boundary,
-                idempotency_key,
-            )
-        )
-    else:
-        raw = await read_body(request, RENDER_JSON_MAX_BYTES)
-        created = await run_in_threadpool(
-            create_render_from_json, intake, avatar_id, raw, idempotency_key
-        )
-    if created.job_id is not None:
-        # enqueue after the response: the job is committed, and the reconciler covers a crash
-        background.add_task(dispatch_job, jobs, created.job_id)
-    return created.view
+    kind = RenderIntake(Intake(settings, store, jobs, sessions, principal), avatar_id)
+    return await create_resource(kind, request, background, idempotency_key)
 
 
 @router.get(

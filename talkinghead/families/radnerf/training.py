@@ -14,7 +14,7 @@ from torch import Tensor
 from talkinghead.components.losses import alpha_entropy, ssim
 from talkinghead.components.rays import head_rays
 from talkinghead.data.frames import TrainingData
-from talkinghead.data.rays import RayBatch, sample_lips_patches, sample_rays
+from talkinghead.data.ray_batches import RayBatch, sample_lips_patches, sample_rays
 from talkinghead.families.radnerf.adnerf_baseline import BaselineNerf
 from talkinghead.families.radnerf.config import ModelConfig, RadNerfConfig
 from talkinghead.families.radnerf.model import HeadRender, RadNerf
