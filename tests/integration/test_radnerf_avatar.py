@@ -133,7 +133,7 @@ def test_radnerf_avatar_trains_in_segments_and_exports(
     # Only the final checkpoint is kept; the job state names it.
     prefix = tenant_key(tenant_id, "avatars", created["id"], "checkpoints") + "/"
     assert store.list(prefix) == [state["checkpoint"]]
-    assert state["checkpoint"].endswith(f"radnerf-{TINY.total_steps:08d}.pt")
+    assert state["checkpoint"].endswith(f"radnerf-{TINY.total_steps:08d}.ckpt")
     assert state["step"] == TINY.total_steps
 
     # The avatar speaks: renders in the worker's own process (embedded mode) give mp4s of one
