@@ -122,16 +122,30 @@ def _exit_unless(final: dict[str, Any], ok_status: str) -> None:
 
 @avatar_app.command("create")
 def avatar_create(
-    video: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Portrait video.")
+    source: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Portrait video, or a photo (JPEG, PNG, WebP) for families that take one.",
+        ),
     ],
     consent: Annotated[
         bool,
         typer.Option(
             "--consent/--no-consent",
-            help="Attest that the person in the video agreed to have an avatar made.",
+            help="Attest that the person in the video or photo agreed to have an avatar made.",
         ),
     ] = False,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="video or image (default: told by the file's content).",
+            show_default=False,
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the avatar.")] = None,
     renderer: Annotated[str | None, typer.Option(help="Renderer family.")] = None,
     preset: Annotated[str | None, typer.Option(help="Training preset.")] = None,
@@ -144,17 +158,20 @@ def avatar_create(
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Upload a portrait video and build an avatar from it."""
+    """Upload a portrait video or a photo and build an avatar from it."""
     meta = _parse_json_object(metadata, "--metadata")
     if not consent:
         raise typer.BadParameter(
             "pass --consent to attest that the person in the video agreed", param_hint="--consent"
         )
+    if kind not in (None, "video", "image"):
+        raise typer.BadParameter("video or image", param_hint="--source")
     with _client(api_url, api_key) as client:
-        with _transfer(f"upload {video.name}", video.stat().st_size) as on_progress:
+        with _transfer(f"upload {source.name}", source.stat().st_size) as on_progress:
             avatar = client.create_avatar(
-                video,
+                source,
                 consent=consent,
+                source=kind,  # type: ignore[arg-type]  # checked above
                 name=name,
                 renderer=renderer,
                 preset=preset,

@@ -1,0 +1,1 @@
+"""Building blocks shared by families: grids, audio network, rays, occupancy, volume, EMA."""

@@ -1,0 +1,1 @@
+"""Renderer families, one folder each, behind the contract in `contract.py` and the registry."""

@@ -1,1 +1,1 @@
-"""Rays, the maximum occupancy grid, volume rendering and compositing."""
+"""Render-time controls shared by families: head pose and eye tracks, audio windows per frame."""

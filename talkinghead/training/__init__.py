@@ -1,1 +1,1 @@
-"""The trainer: staged schedule, EMA, checkpoints that resume exactly, held-out evaluation."""
+"""The generic trainer shell: per-step seeding, stages, EMA and checkpoints that resume exactly."""

@@ -291,3 +291,19 @@ def test_api_errors_print_code_and_detail(live_api: LiveApi, tmp_path: Path) -> 
     code, _, err = _cli(live_api, "avatar", "list", key="th_not-a-key")
     assert code == 1
     assert re.match(r"error [a-z_]+: ", err), err
+
+
+def test_avatar_create_sends_a_photo_as_the_image_source(live_api: LiveApi, tmp_path: Path) -> None:
+    import cv2
+    from skimage import data as skdata
+
+    photo = tmp_path / "me.jpg"
+    cv2.imwrite(str(photo), skdata.astronaut()[:, :, ::-1])
+    # The built-in families take videos: the API names the source and what the family takes.
+    code, _, err = _cli(live_api, "avatar", "create", str(photo), "--consent", "--no-wait")
+    assert code == 1
+    assert re.search(r"^error unsupported_source: .*video", err, re.MULTILINE), err
+    code, _, err = _cli(
+        live_api, "avatar", "create", str(photo), "--consent", "--source", "gif", "--no-wait"
+    )
+    assert code == 2 and "video or image" in err

@@ -1,0 +1,1 @@
+"""The meanframe family: the source's mean frame over the speech (a seconds-fast smoke test)."""
