@@ -217,7 +217,7 @@ def train_timed(
             scores = probe_psnr(trainer, probe)
             history.append({"step": step, "train_s": train_s, "cpu_s": cpu_s, **scores})
             h = history[-1]
-            log(f"{trainer.family}: step {step}, {train_s:.1f} s, PSNR ema {h['psnr_ema']:.3f}"
+            log(f"{trainer.recipe.name}: step {step}, {train_s:.1f} s, PSNR ema {h['psnr_ema']:.3f}"
                 f" raw {h['psnr_raw']:.3f}")  # fmt: skip
             if target is not None and history[-1]["psnr"] >= target:
                 break
