@@ -99,6 +99,10 @@ class Recipe(Protocol):
         """The loss of one batch drawn with `rng` / `gen`, and the values to log."""
         ...
 
+    def evaluate(self, limit: int) -> dict[str, float]:
+        """Scores of at most `limit` held-out frames (0: all) with the model's current weights."""
+        ...
+
     def config_dict(self) -> dict[str, Any]:
         """The JSON config (stored in checkpoints)."""
         ...
@@ -239,6 +243,11 @@ class Trainer:
     def _checkpoint(self, started: float) -> None:
         self.state.seconds += time.perf_counter() - started
         self.save()
+
+    def evaluate(self, limit: int = 0) -> dict[str, float]:
+        """Held-out scores with the averaged (EMA) weights, the ones an avatar ships."""
+        with self.ema.applied():
+            return self.recipe.evaluate(limit)
 
     def summary(self) -> dict[str, Any]:
         """What the avatar shows about training (`metrics.training`)."""

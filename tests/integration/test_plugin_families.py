@@ -188,7 +188,7 @@ def test_a_family_that_ignores_its_inputs_would_fail(platform: Platform) -> None
 
 def test_the_families_report_their_own_stages_and_metrics(platform: Platform) -> None:
     video, photo = platform.avatars["plugvideo"], platform.avatars["plugphoto"]
-    assert video["metrics"]["training"]["steps"] == 30
+    assert video["metrics"]["training"]["steps"] == 40
     assert len(video["metrics"]["colour"]) == 3
     assert "training" not in photo["metrics"]
     assert photo["metrics"]["thumbnail_px"] == 32

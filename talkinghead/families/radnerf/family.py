@@ -96,7 +96,7 @@ class RadNerfFamily:
         """Score the held-out frames with the EMA weights, trace them, check the trace."""
         from talkinghead.export.artifact import ExportedAvatar
         from talkinghead.families.radnerf.driving import assets_of
-        from talkinghead.families.radnerf.evaluation import evaluate, frame_conditions
+        from talkinghead.families.radnerf.evaluation import frame_conditions
         from talkinghead.families.radnerf.export import export_avatar, max_difference
         from talkinghead.families.radnerf.training import RadNerfTrainer
 
@@ -105,8 +105,8 @@ class RadNerfFamily:
         if not run.done:
             raise FamilyError("internal_error", f"training stopped at step {run.step}")
         data = run.data
+        scores = run.evaluate(run.config.train.eval_frames)  # with the EMA weights
         with run.ema.applied():
-            scores = evaluate(run.model, data, limit=run.config.train.eval_frames)
             export_avatar(
                 run.model, assets_of(data), data.reader.manifest.audio, out_dir, info=info
             )

@@ -134,6 +134,12 @@ class RadNerfRecipe:
         )  # fmt: skip
         return self._torso_loss(batch)
 
+    def evaluate(self, limit: int) -> dict[str, float]:
+        """PSNR, SSIM, landmarks and the lip-sync proxy on the held-out frames."""
+        from talkinghead.families.radnerf.evaluation import evaluate
+
+        return evaluate(self.model, self.data, limit=limit)
+
     def config_dict(self) -> dict[str, Any]:
         """The preset as stored in checkpoints."""
         return self.config.to_dict()
