@@ -20,7 +20,7 @@ from sqlalchemy import select
 from shared.config import Settings, get_settings
 from shared.db.models import Artifact, Avatar, Job, Render
 from shared.db.session import session_scope
-from shared.jobs import JobError, JobGone, JobService, StepResult
+from shared.jobs import JobError, JobGone, JobService, JobWaiting, StepResult
 from shared.queue import celery_app
 from shared.storage import ObjectStore, build_store
 from shared.telemetry import TASK_DURATION, job_id_var
@@ -187,6 +187,9 @@ def run_step(
             outcome = "ok" if jobs.complete_step(job, owner, result) else "lost"
         except JobGone:
             outcome = "gone"
+        except JobWaiting:
+            jobs.wait(job_id, owner)
+            outcome = "waiting"
         except JobError as exc:
             jobs.finish(job_id, "failed", owner=owner, step=step, error=(exc.code, exc.message))
             outcome = "failed"

@@ -31,16 +31,27 @@ log = logging.getLogger(__name__)
 
 # Each kind's stages in order; the job's status names the stage it is in. An avatar job
 # carries its family's stages (pinned at creation); this table serves jobs made before that.
+CORPUS_STAGES = ("scanning", "building", "indexing")
+MODEL_STAGES = ("fitting", "publishing")
 PIPELINES: dict[str, tuple[str, ...]] = {
     "avatar": VIDEO_STAGES,
     "render": ("rendering", "encoding"),
+    "corpus": CORPUS_STAGES,
+    "model": MODEL_STAGES,
 }
 # Every state of each kind, over all registered families (metrics, docs).
 KIND_STATES: dict[str, tuple[str, ...]] = {
     "avatar": ("queued", *AVATAR_STAGES, "ready", "failed", "cancelled"),
     "render": ("queued", "rendering", "encoding", "done", "failed", "cancelled"),
+    "corpus": ("queued", *CORPUS_STAGES, "ready", "failed", "cancelled"),
+    "model": ("queued", *MODEL_STAGES, "ready", "failed", "cancelled"),
 }
-SUCCESS = {"avatar": JobStatus.ready.value, "render": JobStatus.done.value}
+SUCCESS = {
+    "avatar": JobStatus.ready.value,
+    "render": JobStatus.done.value,
+    "corpus": JobStatus.ready.value,
+    "model": JobStatus.ready.value,
+}
 STAGE_TASKS = {
     "ingesting": "talkinghead.ingest",
     "preprocessing": "talkinghead.preprocess",
@@ -49,6 +60,11 @@ STAGE_TASKS = {
     "exporting": "talkinghead.export",
     "rendering": "talkinghead.render",
     "encoding": "talkinghead.encode",
+    "scanning": "talkinghead.corpus_scan",
+    "building": "talkinghead.corpus_build",
+    "indexing": "talkinghead.corpus_index",
+    "fitting": "talkinghead.model_segment",
+    "publishing": "talkinghead.model_publish",
 }
 TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 
@@ -64,6 +80,10 @@ class JobError(Exception):
 
 class JobGone(Exception):
     """The job was cancelled, deleted or taken over: stop without touching it."""
+
+
+class JobWaiting(Exception):
+    """The step waits on work fanned out to other tasks; the last of them wakes it again."""
 
 
 @dataclass
@@ -198,6 +218,19 @@ class JobService:
                 update(Job)
                 .where(Job.id == job_id, Job.lease_owner == owner)
                 .values(lease_owner=None, enqueued_at=None)
+            )
+
+    def wait(self, job_id: str, owner: str) -> None:
+        """Give the lease back but stay enqueued: the step runs again when woken.
+
+        Whoever finishes the awaited work dispatches the step; should that message be lost,
+        the reconciler's lost-message rule sends it again.
+        """
+        with session_scope(self.db_url) as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner)
+                .values(lease_owner=None, enqueued_at=utcnow(), attempts=0)
             )
 
     # -- transitions ------------------------------------------------------------------

@@ -19,6 +19,12 @@ TASK_ROUTES = {
     "talkinghead.render": "render",
     "talkinghead.encode": "render",
     "talkinghead.webhook": "webhooks",
+    "talkinghead.corpus_scan": "preprocess",
+    "talkinghead.corpus_build": "preprocess",
+    "talkinghead.corpus_clip": "preprocess",
+    "talkinghead.corpus_index": "preprocess",
+    "talkinghead.model_segment": "train",
+    "talkinghead.model_publish": "train",
 }
 
 TASK_MODULES = [
@@ -27,6 +33,8 @@ TASK_MODULES = [
     "services.trainer.tasks",
     "services.renderer.tasks",
     "services.webhooks.tasks",
+    "services.corpus.tasks",
+    "services.models.tasks",
 ]
 
 

@@ -57,3 +57,17 @@ def revoke_key(session: Session, tenant_id: str, key_id: str) -> bool:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     return True
+
+
+OPERATOR_TENANT = "_operator"
+
+
+def operator_tenant_id(session: Session) -> str:
+    """The tenant that owns operator jobs (corpora, shared models); made on first use."""
+    found = session.scalar(select(Tenant.id).where(Tenant.name == OPERATOR_TENANT))
+    if found is not None:
+        return found
+    tenant = Tenant(name=OPERATOR_TENANT, webhook_secret=secrets.token_hex(32))
+    session.add(tenant)
+    session.flush()
+    return tenant.id

@@ -4,7 +4,9 @@ A real face photo (`skimage.data.astronaut()`) is textured onto its own mediapip
 (478 points with depth, plus rings of points for the hair and the jaw sides), and that mesh is
 rotated in 3D, projected with a pinhole camera and warped triangle by triangle onto a static
 background above a torso that moves less than the head. The jaw opens with the envelope of an
-`espeak-ng` utterance and the eyelids close for short blinks.
+`espeak-ng` utterance and the eyelids close for short blinks. `LipShape` adds lip movement
+beyond the jaw (lower-lip drop, spreading or rounding, pressing); `build_head` takes any
+repainted photo, which the multi-identity corpus (`talkinghead.corpus.synth`) builds on.
 
 Conventions match `talkinghead.preprocess.pose` (OpenCV camera frame: x right, y down, z away
 from the camera): the head rotation is R = Ry(-yaw) @ Rx(-pitch) @ Rz(roll), angles in degrees,
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,7 +72,7 @@ class SyntheticClip:
 
 
 @dataclass(frozen=True)
-class _Head:
+class HeadModel:
     """A textured head mesh and the torso layer, at the output size."""
 
     texture: np.ndarray  # (S, S, 4) uint8 RGBA: photo + person mask (head layer)
@@ -82,6 +84,18 @@ class _Head:
     jaw_weight: np.ndarray  # (N,) how much each point follows the jaw
     jaw_span: float  # the lower lip's largest drop, pixels
     eye_sets: tuple[tuple[np.ndarray, ...], ...]  # (upper, lower, inside, crease) indices
+    lip_region: np.ndarray  # (N,) bump around the mouth: the lips themselves move with it
+    mouth_field: np.ndarray  # (N,) wider bump: the skin that follows the lip corners
+    lower_lip: np.ndarray  # (N,) lip_region below the inner upper lip (moves on its own)
+
+
+@dataclass(frozen=True)
+class LipShape:
+    """Lip movement beyond the jaw, each about 0..1 (spread signed: < 0 rounds the lips)."""
+
+    lower: float = 0.0  # extra drop of the lower lip
+    spread: float = 0.0  # > 0 corners out; < 0 corners in and lips pushed forward
+    press: float = 0.0  # lips pressed together: the rest gap closes
 
 
 # --- assets ------------------------------------------------------------------------------------
@@ -94,13 +108,13 @@ def _photo_crop() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut()[4:304, 75:375])
 
 
-@lru_cache(maxsize=8)
-def _detect(identity: int, work: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@lru_cache(maxsize=4)
+def detect_source(mirror: bool, work: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Photo (work x work RGB), person mask (float32 0..1) and 478 landmarks (pixels, z too)."""
     import mediapipe as mp
 
     photo = cv2.resize(_photo_crop(), (work, work), interpolation=cv2.INTER_CUBIC)
-    if identity % 2 == 1:
+    if mirror:
         photo = np.ascontiguousarray(photo[:, ::-1])
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         mask = seg.process(photo).segmentation_mask.astype(np.float32)
@@ -136,14 +150,52 @@ def _recolour(photo: np.ndarray, mask: np.ndarray, pts: np.ndarray) -> np.ndarra
 
 
 @lru_cache(maxsize=8)
-def _head(identity: int, size: int) -> _Head:
+def _head(identity: int, size: int) -> HeadModel:
     """Build the textured head and torso layers for an identity at the output size."""
-    from scipy.spatial import Delaunay
-
     work = 512
-    photo, mask, pts = _detect(identity, work)
+    photo, mask, pts = detect_source(identity % 2 == 1, work)
     if identity % 2 == 1:
         photo = _recolour(photo, mask, pts)
+    head = build_head(photo, mask, pts, size)
+    if identity % 2 == 1:  # other proportions: a narrower, longer face
+        geom = head.geom.copy()
+        geom[:, 0] *= 0.92
+        geom[:, 1] *= 1.08
+        head = replace(head, geom=geom)
+    return head
+
+
+def hair_rings(pts: np.ndarray, hair: tuple[float, float] = (1.0, 1.0)) -> list[np.ndarray]:
+    """Rings of 3D points around the face oval (hair, jaw sides); `hair` scales top and sides."""
+    oval = pts[FACE_OVAL]
+    centre = oval[:, :2].mean(axis=0)
+    face_w = float(np.ptp(oval[:, 0]))
+    top, sides = hair
+    rings = []
+    for grow, depth in ((1.2, 0.25), (1.55, 0.5), (2.1, 0.55)):
+        d = oval[:, :2] - centre
+        up = np.clip(-d[:, 1] / np.abs(d).max(), 0.0, 1.0)  # 1 at the top of the head
+        side = np.abs(d[:, 0]) / np.abs(d[:, 0]).max()
+        lower = np.clip(d[:, 1] / np.abs(d).max(), 0.0, 1.0)
+        reach = np.clip(top * up + sides * 0.8 * side - 1.2 * lower, 0.05, max(top, sides, 1.0))
+        factor = 1.0 + (grow - 1.0) * reach
+        xy = centre + d * factor[:, None]
+        z = oval[:, 2] + depth * face_w * np.clip(1.0 - 0.6 * lower, 0.2, 1.0)
+        rings.append(np.column_stack([xy, z]))
+    return rings
+
+
+def build_head(
+    photo: np.ndarray,
+    mask: np.ndarray,
+    pts: np.ndarray,
+    size: int,
+    hair: tuple[float, float] = (1.0, 1.0),
+) -> HeadModel:
+    """The head and torso layers at `size` from a square photo, its person mask and landmarks."""
+    from scipy.spatial import Delaunay
+
+    work = photo.shape[0]
     scale = size / work
     photo = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA)
     mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -153,25 +205,13 @@ def _head(identity: int, size: int) -> _Head:
     centre = oval[:, :2].mean(axis=0)
     face_w = float(np.ptp(oval[:, 0]))
     # Rings around the face oval: hair above and at the sides, barely any below the chin.
-    rings = []
-    for grow, depth in ((1.2, 0.25), (1.55, 0.5), (2.1, 0.55)):
-        d = oval[:, :2] - centre
-        up = np.clip(-d[:, 1] / np.abs(d).max(), 0.0, 1.0)  # 1 at the top of the head
-        side = np.abs(d[:, 0]) / np.abs(d[:, 0]).max()
-        lower = np.clip(d[:, 1] / np.abs(d).max(), 0.0, 1.0)
-        factor = 1.0 + (grow - 1.0) * np.clip(up + 0.8 * side - 1.2 * lower, 0.05, 1.0)
-        xy = centre + d * factor[:, None]
-        z = oval[:, 2] + depth * face_w * np.clip(1.0 - 0.6 * lower, 0.2, 1.0)
-        rings.append(np.column_stack([xy, z]))
+    rings = hair_rings(pts, hair)
     allpts = np.vstack([pts, *rings])
     tri = Delaunay(allpts[:, :2]).simplices.astype(np.int32)
 
     # Pivot of the head rotation: behind the face, at the height of the ears.
     pivot = np.array([centre[0], pts[[234, 454], 1].mean(), pts[:, 2].min() + 0.75 * face_w])
     geom = allpts - pivot
-    if identity % 2 == 1:  # other proportions: a narrower, longer face
-        geom[:, 0] *= 0.92
-        geom[:, 1] *= 1.08
 
     # Head layer alpha: the person mask inside the head hull; torso: the rest of the person.
     hull = np.zeros((size, size), np.uint8)
@@ -205,6 +245,15 @@ def _head(identity: int, size: int) -> _Head:
     jaw_weight[UPPER_LIP] = 0.0
     jaw_weight[len(pts) :] *= 0.5  # the rings (neck, hair) barely follow
     jaw_span = 0.9 * mouth_half
+    # Lips: a bump around the mouth centre; the lower part moves on its own for lip opening.
+    mouth_y = pts[[13, 14], 1].mean()
+    dx, dy = (allpts[:, 0] - mouth_c) / mouth_half, (allpts[:, 1] - mouth_y) / mouth_half
+    lip_region = np.clip(1.0 - (dx / 1.15) ** 2 - (dy / 0.75) ** 2, 0.0, 1.0) ** 0.5
+    mouth_field = np.clip(1.0 - (dx / 2.2) ** 2 - (dy / 1.5) ** 2, 0.0, 1.0)
+    lip_region[len(pts) :] = 0.0
+    mouth_field[len(pts) :] = 0.0
+    lower_lip = np.where(below_y > -0.5, lip_region, 0.0)
+    lower_lip[UPPER_LIP] = 0.0
 
     eye_sets = []
     for up_idx, lo_idx in EYES:
@@ -219,7 +268,7 @@ def _head(identity: int, size: int) -> _Head:
         crease = np.nonzero(within & (pts[:, 1] < yu - 1.5) & (pts[:, 1] > yu - (yl - yu) * 1.2))
         eye_sets.append((up_a, lo_a, inside, crease[0]))
 
-    return _Head(
+    return HeadModel(
         texture=np.ascontiguousarray(texture),
         torso=np.ascontiguousarray(torso),
         uv=allpts[:, :2].astype(np.float32),
@@ -229,6 +278,9 @@ def _head(identity: int, size: int) -> _Head:
         jaw_weight=jaw_weight,
         jaw_span=jaw_span,
         eye_sets=tuple(eye_sets),
+        lip_region=lip_region,
+        mouth_field=mouth_field,
+        lower_lip=lower_lip,
     )
 
 
@@ -264,7 +316,7 @@ def _smooth_signal(
     return (wave(t) - 0.5 * (lo + hi)) / (0.5 * (hi - lo)) * 0.96 * limit
 
 
-def _motion(
+def head_motion(
     n: int, fps: int, still_s: float, seed: int, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame (yaw, pitch, roll, tx, ty) (n, 5) and the still-segment flags (n,)."""
@@ -281,7 +333,7 @@ def _motion(
     return np.stack(cols, axis=1), still
 
 
-def _blinks(n: int, fps: int, seed: int) -> np.ndarray:
+def blinks(n: int, fps: int, seed: int) -> np.ndarray:
     """Eye openness per frame (1 open, ~0 closed): blinks of ~0.2 s every 1.5-3.5 s."""
     rng = np.random.default_rng(seed + 7919)
     eye = np.ones(n)
@@ -367,9 +419,13 @@ def _background(size: int, seed: int, identity: int) -> np.ndarray:
     return (bg * vignette).astype(np.float32)
 
 
-def _deform(head: _Head, mouth_open: float, eye_open: float) -> np.ndarray:
-    """Neutral 3D points with the jaw opened and the lids lowered."""
+def _deform(
+    head: HeadModel, mouth_open: float, eye_open: float, lips: LipShape | None = None
+) -> np.ndarray:
+    """Neutral 3D points with the jaw opened, the lips shaped and the lids lowered."""
     g = head.geom.copy()
+    if lips is not None:
+        _shape_lips(head, g, lips)
     g[:, 1] += head.jaw_weight * head.jaw_span * mouth_open
     close = 0.97 * (1.0 - eye_open)
     if close > 0:
@@ -384,8 +440,26 @@ def _deform(head: _Head, mouth_open: float, eye_open: float) -> np.ndarray:
     return g
 
 
+def _shape_lips(head: HeadModel, g: np.ndarray, lips: LipShape) -> None:
+    """Press, spread or round the lips and drop the lower lip, in place (before the jaw)."""
+    half = 0.5 * float(np.linalg.norm(g[291, :2] - g[61, :2]))
+    centre_x = 0.5 * float(g[61, 0] + g[291, 0])
+    rest_gap = float(g[14, 1] - g[13, 1])
+    if lips.press > 0:  # the rest gap closes, mostly by the lower lip rising
+        g[:, 1] -= head.lower_lip * 0.7 * rest_gap * lips.press
+        upper = np.zeros(len(g))
+        upper[UPPER_LIP] = head.lip_region[UPPER_LIP]
+        g[:, 1] += upper * 0.3 * rest_gap * lips.press
+    if lips.spread != 0:  # corners out (spread) or in and forward (rounded)
+        g[:, 0] += lips.spread * 0.3 * (g[:, 0] - centre_x) * head.mouth_field
+        if lips.spread < 0:
+            g[:, 2] -= -lips.spread * 0.35 * half * head.lip_region
+    if lips.lower > 0:
+        g[:, 1] += head.lower_lip * 0.3 * half * lips.lower
+
+
 def _project(
-    head: _Head, g: np.ndarray, rot: np.ndarray, tx: float, ty: float, focal: float
+    head: HeadModel, g: np.ndarray, rot: np.ndarray, tx: float, ty: float, focal: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rotate about the pivot and project: image points (N, 2) and camera-relative depth (N,)."""
     cam = g @ rot.T
@@ -397,7 +471,7 @@ def _project(
 
 
 def _warp_head(
-    head: _Head, xy: np.ndarray, depth: np.ndarray, size: int
+    head: HeadModel, xy: np.ndarray, depth: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
     """Piecewise-affine warp of the head texture: (RGB float, alpha float, top-left) or None."""
     tri = head.triangles
@@ -487,8 +561,8 @@ def generate(
     wav_path = out_dir / "audio.wav"
     wave = speech(wav_path, text or DEFAULT_TEXT, voice, n / fps)
     mouth = envelope(wave, n, fps)
-    eye = _blinks(n, fps, seed)
-    pose, still = _motion(n, fps, still_head_s, seed, size)
+    eye = blinks(n, fps, seed)
+    pose, still = head_motion(n, fps, still_head_s, seed, size)
     head = _head(identity, size)
     focal = 0.5 * size / np.tan(np.radians(15.0))
 
@@ -497,46 +571,9 @@ def generate(
         _add_second_face(background, head, size, focal)
 
     video_path = out_dir / "video.mp4"
-    cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}", "-r", str(fps), "-i", "-",
-    ]  # fmt: skip
-    if audio:
-        cmd += ["-i", str(wav_path), "-map", "0:v:0", "-map", "1:a:0"]
-        cmd += ["-c:a", "aac", "-b:a", "128k"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p"]
-    cmd += ["-r", str(fps), "-movflags", "+faststart", str(video_path)]
-
-    rotations = np.zeros((n, 3, 3))
-    landmarks = np.zeros((n, 478, 2), np.float32)
-    with tempfile.TemporaryFile() as errlog:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=errlog)
-        assert proc.stdin is not None
-        try:
-            for i in range(n):
-                yaw, pitch, roll, tx, ty = pose[i]
-                rot = _rotation(yaw, pitch, roll)
-                rotations[i] = rot
-                frame = background.copy()
-                shift = np.float32([[1, 0, TORSO_FOLLOW * tx], [0, 1, TORSO_FOLLOW * ty]])  # type: ignore[arg-type]  # cv2/numpy stubs
-                torso = cv2.warpAffine(head.torso, shift, (size, size), flags=cv2.INTER_LINEAR)  # type: ignore[call-overload]  # cv2/numpy stubs
-                _composite(frame, torso[..., :3].astype(np.float32), torso[..., 3] / 255.0, (0, 0))
-                g = _deform(head, float(mouth[i]), float(eye[i]))
-                xy, depth = _project(head, g, rot, tx, ty, focal)
-                landmarks[i] = xy[:478]
-                warped = _warp_head(head, xy, depth, size)
-                if warped is not None:
-                    _composite(frame, *warped)
-                _mouth_interior(frame, xy, float(mouth[i]))
-                proc.stdin.write(np.clip(frame, 0, 255).astype(np.uint8).tobytes())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        code = proc.wait()
-        if code != 0:
-            errlog.seek(0)
-            message = errlog.read().decode(errors="replace").strip()[-500:]
-            raise MediaError("encode_failed", message or "ffmpeg failed")
+    rotations, landmarks = render_video(
+        video_path, head, background, pose, mouth, eye, fps, wav_path if audio else None
+    )
 
     truth_path = out_dir / "truth.npz"
     np.savez(
@@ -559,7 +596,69 @@ def generate(
     return SyntheticClip(video=video_path, truth=truth_path, audio=wav_path)
 
 
-def _add_second_face(background: np.ndarray, head: _Head, size: int, focal: float) -> None:
+def render_video(
+    video_path: Path,
+    head: HeadModel,
+    background: np.ndarray,
+    pose: np.ndarray,
+    mouth: np.ndarray,
+    eye: np.ndarray,
+    fps: int,
+    wav_path: Path | None,
+    lips: list[LipShape] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render and encode the frames (H.264; AAC from `wav_path` if given).
+
+    Returns the head rotations (n, 3, 3) and the projected 478 landmarks (n, 478, 2).
+    """
+    size = background.shape[0]
+    n = len(pose)
+    focal = 0.5 * size / np.tan(np.radians(15.0))
+    cmd = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}", "-r", str(fps), "-i", "-",
+    ]  # fmt: skip
+    if wav_path is not None:
+        cmd += ["-i", str(wav_path), "-map", "0:v:0", "-map", "1:a:0"]
+        cmd += ["-c:a", "aac", "-b:a", "128k"]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p"]
+    cmd += ["-r", str(fps), "-movflags", "+faststart", str(video_path)]
+
+    rotations = np.zeros((n, 3, 3))
+    landmarks = np.zeros((n, 478, 2), np.float32)
+    with tempfile.TemporaryFile() as errlog:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=errlog)
+        assert proc.stdin is not None
+        try:
+            for i in range(n):
+                yaw, pitch, roll, tx, ty = pose[i]
+                rot = _rotation(yaw, pitch, roll)
+                rotations[i] = rot
+                frame = background.copy()
+                shift = np.float32([[1, 0, TORSO_FOLLOW * tx], [0, 1, TORSO_FOLLOW * ty]])  # type: ignore[arg-type]  # cv2/numpy stubs
+                torso = cv2.warpAffine(head.torso, shift, (size, size), flags=cv2.INTER_LINEAR)  # type: ignore[call-overload]  # cv2/numpy stubs
+                _composite(frame, torso[..., :3].astype(np.float32), torso[..., 3] / 255.0, (0, 0))
+                g = _deform(head, float(mouth[i]), float(eye[i]), lips[i] if lips else None)
+                xy, depth = _project(head, g, rot, tx, ty, focal)
+                landmarks[i] = xy[:478]
+                warped = _warp_head(head, xy, depth, size)
+                if warped is not None:
+                    _composite(frame, *warped)
+                _mouth_interior(frame, xy, float(mouth[i]))
+                proc.stdin.write(np.clip(frame, 0, 255).astype(np.uint8).tobytes())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = proc.wait()
+        if code != 0:
+            errlog.seek(0)
+            message = errlog.read().decode(errors="replace").strip()[-500:]
+            raise MediaError("encode_failed", message or "ffmpeg failed")
+
+    return rotations, landmarks
+
+
+def _add_second_face(background: np.ndarray, head: HeadModel, size: int, focal: float) -> None:
     """Paint a static, smaller copy of the neutral head into the top-left corner."""
     g = _deform(head, 0.0, 1.0)
     xy, depth = _project(head, g, np.eye(3), 0.0, 0.0, focal)

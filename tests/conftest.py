@@ -10,7 +10,7 @@ import pytest
 from talkinghead.media import synth_face_video, synth_test_video, synth_tone
 from tests.fixtures.servers import postgres_database, redis_server
 
-pytest_plugins = ["tests.fixtures.seaweed", "tests.fixtures.avatars"]
+pytest_plugins = ["tests.fixtures.seaweed", "tests.fixtures.avatars", "tests.fixtures.corpora"]
 
 
 @pytest.fixture(scope="session")

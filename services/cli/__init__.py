@@ -9,7 +9,9 @@ from typer.core import TyperGroup
 
 from services.cli.admin import admin_app
 from services.cli.client import avatar_app, key_app, render
+from services.cli.corpus import corpus_app
 from services.cli.library import preprocess, train
+from services.cli.models import models_app
 from services.cli.processes import (
     down,
     families,
@@ -64,5 +66,7 @@ app.command("render")(render)
 app.add_typer(admin_app, name="admin")
 app.add_typer(avatar_app, name="avatar")
 app.add_typer(key_app, name="key")
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(models_app, name="models")
 
 __all__ = ["app"]

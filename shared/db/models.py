@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: tenants, keys, avatars, renders, jobs, artifacts, webhooks, uploads."""
+"""SQLAlchemy 2 models: tenants, keys, avatars, renders, jobs, artifacts, webhooks, uploads,
+corpora and shared models."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -56,6 +58,8 @@ class JobKind(str, enum.Enum):
 
     avatar = "avatar"
     render = "render"
+    corpus = "corpus"  # operator job: a corpus built from a source of talking videos
+    model = "model"  # operator job: a shared model trained from a corpus
 
 
 class JobStatus(str, enum.Enum):
@@ -124,6 +128,10 @@ class Avatar(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     source_key: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(10), default="video", server_default="video")
+    # Shared models (ids) the avatar was built with; a deleted model lists its avatars.
+    models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # The tenant agreed that this avatar's video may join a training corpus.
+    corpus_opt_in: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -250,3 +258,74 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     consumed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Corpus(Base):
+    """A multi-speaker training corpus, built by an operator job from a source of videos."""
+
+    __tablename__ = "corpora"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cp"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(Text)  # the SOURCE as the operator gave it
+    prefix: Mapped[str] = mapped_column(Text)  # where shards and index live in the store
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CorpusClip(Base):
+    """One source file of a corpus: its tags, its lease while processed, and its outcome."""
+
+    __tablename__ = "corpus_clips"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cc"))
+    corpus_id: Mapped[str] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(Text)  # file:// or s3:// URI
+    identity: Mapped[str] = mapped_column(String(200))
+    speaker: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(40))
+    licence: Mapped[str] = mapped_column(Text)
+    # pending -> running -> accepted | refused | duplicate
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    code: Mapped[str | None] = mapped_column(String(60), default=None)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    key: Mapped[str | None] = mapped_column(Text, default=None)  # the clip tar in the store
+    utterances: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)  # refused parts, timings
+    lease_owner: Mapped[str | None] = mapped_column(String(80), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times processing started
+    completions: Mapped[int] = mapped_column(Integer, default=0)  # times it was finished
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (UniqueConstraint("corpus_id", "source", name="uq_corpus_clip_source"),)
+
+
+class SharedModel(Base):
+    """A versioned model trained from a corpus (e.g. a motion generator), used by avatars."""
+
+    __tablename__ = "shared_models"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("md"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(60))
+    family: Mapped[str] = mapped_column(String(40), default="")
+    version: Mapped[int] = mapped_column(Integer)
+    # Not a foreign key: a model outlives its corpus and still names what it learnt from.
+    corpus_id: Mapped[str] = mapped_column(String(40), index=True)
+    corpus_name: Mapped[str] = mapped_column(String(200))
+    licences: Mapped[list[str]] = mapped_column(JSON, default=list)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    manifest_key: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (UniqueConstraint("kind", "version", name="uq_shared_model_version"),)

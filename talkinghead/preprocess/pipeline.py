@@ -45,6 +45,7 @@ from talkinghead.preprocess.streaming import OrderedWorker, RowSpool, malloc_tri
 from talkinghead.preprocess.tracking import (
     FaceBox,
     GapPlan,
+    MainSlots,
     consistent_segments,
     find_cuts,
     fixed_crop_from_extents,
@@ -182,7 +183,7 @@ class Clip:
     frames: Callable[[int, int | None], Iterator[np.ndarray]]  # (start, count) -> RGB frames
 
 
-class _Landmarks:
+class SegmentLandmarks:
     """The main subject's landmarks over the chosen segment, read from the spool in blocks.
 
     Gap filling and the crop transform are applied on the fly, so no (T, 478, 3) array is kept.
@@ -213,7 +214,18 @@ class _Landmarks:
             yield np.arange(b, min(self.n, b + CHUNK))
 
 
-def _descriptors(first: FirstPass, main_rows: np.ndarray) -> np.ndarray:
+def main_track_rows(first: FirstPass, main: MainSlots) -> np.ndarray:
+    """(T,) spool row of each frame's main-subject face, -1 where it was not found."""
+    return np.array(
+        [
+            boxes[slot].row if slot >= 0 else -1
+            for boxes, slot in zip(first.boxes, main.slot, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
+def main_descriptors(first: FirstPass, main_rows: np.ndarray) -> np.ndarray:
     """Per-frame identity descriptors of the main track (T, K), NaN rows where not found."""
     found = np.nonzero(main_rows >= 0)[0]
     width = len(identity_descriptor(first.spool.read(main_rows[found[:1]]))[0])
@@ -224,7 +236,7 @@ def _descriptors(first: FirstPass, main_rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _reference(marks: _Landmarks) -> np.ndarray:
+def segment_reference(marks: SegmentLandmarks) -> np.ndarray:
     """`reference_shape` of the segment's crop points from at most MAX_REFERENCE_FRAMES frames."""
     angle = np.full(marks.n, np.inf)
     for frames in marks.blocks():
@@ -253,18 +265,12 @@ def _build(
     frame_w, frame_h = clip.width, clip.height
     main = main_subject_slots(first.boxes)
     found = main.found
-    main_rows = np.array(
-        [
-            boxes[slot].row if slot >= 0 else -1
-            for boxes, slot in zip(first.boxes, main.slot, strict=True)
-        ],
-        dtype=np.int64,
-    )
+    main_rows = main_track_rows(first, main)
     found_ratio = float(found.mean()) if len(found) else 0.0
     if found_ratio < config.min_face_ratio:
         code = "face_not_found"
         raise MediaError(code, f"a face was found in {found_ratio:.0%} of the frames")
-    cuts = find_cuts(first.signatures, _descriptors(first, main_rows))
+    cuts = find_cuts(first.signatures, main_descriptors(first, main_rows))
     min_len = int(config.min_segment_s * config.fps)
     segments = consistent_segments(found, cuts, min_len, config.max_gap_frames)
     if not segments:
@@ -276,7 +282,7 @@ def _build(
         )
     start, end = segments[0]
     n = end - start
-    marks = _Landmarks(
+    marks = SegmentLandmarks(
         first.spool, main_rows[start:end], gap_plan(found[start:end], config.max_gap_frames)
     )
     valid = marks.plan.valid
@@ -290,7 +296,7 @@ def _build(
     marks.x0, marks.y0, marks.scale = x0, y0, config.size / side
 
     K = intrinsics(config.size, config.size)
-    solver = PoseSolver(K, _reference(marks))
+    solver = PoseSolver(K, segment_reference(marks))
     rotation = np.full((n, 3, 3), np.nan)
     translation = np.full((n, 3), np.nan)
     pose_ok = valid.copy()
@@ -370,7 +376,7 @@ def _frames_pass(
     start: int,
     n: int,
     crop: tuple[int, int, int],
-    marks: _Landmarks,
+    marks: SegmentLandmarks,
     writer: DatasetWriter,
     config: PreprocessConfig,
     progress: Progress,

@@ -1,0 +1,1 @@
+"""Corpus builds: listing sources, leasing clips, the build stages."""

@@ -1,0 +1,1 @@
+"""Shared models: versioned training jobs from a corpus, listing and resolution."""

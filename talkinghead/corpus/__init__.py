@@ -1,0 +1,1 @@
+"""Multi-speaker corpora: format, builder, reader, synthetic identities."""

@@ -1,0 +1,1 @@
+"""Shared models: parts of renderer families trained once from a multi-speaker corpus."""
