@@ -291,6 +291,8 @@ def clip_report(settings: Settings, corpus_id: str) -> list[dict[str, Any]]:
                 "attempts": r.attempts,
                 "completions": r.completions,
                 "refused_parts": r.info.get("refused", []),
+                "elapsed_s": r.info.get("elapsed_s"),
+                "source_s": r.info.get("source_s"),
             }
             for r in rows
         ]

@@ -20,9 +20,6 @@ from typing import Any
 
 from celery import Task
 from sqlalchemy import select
-from talkinghead.corpus.clips import CorpusBuildConfig, SourceTags, build_source
-from talkinghead.corpus.index import build_index
-from talkinghead.corpus.shards import ShardWriter, write_clip_tar
 
 from services.corpus import service
 from services.corpus.sources import SourceDefaults, SourceError, fetch, list_source
@@ -33,6 +30,9 @@ from shared.db.session import session_scope
 from shared.jobs import JobError, JobWaiting, StepResult
 from shared.queue import celery_app
 from shared.telemetry import job_id_var
+from talkinghead.corpus.clips import CorpusBuildConfig, SourceTags, build_source
+from talkinghead.corpus.index import build_index
+from talkinghead.corpus.shards import ShardWriter, write_clip_tar
 from talkinghead.media import MediaError
 
 log = logging.getLogger(__name__)
@@ -143,18 +143,23 @@ def process_clip(
         source=clip.source,
         source_sha256=sha,
     )
+    started = time.perf_counter()
     try:
         outcome = build_source(local, tags, workdir / "work", build_config(corpus))
     except MediaError as exc:
         return {"status": "refused", "code": exc.code, "message": exc.message}
     refused = [r.to_json() for r in outcome.refusals]
+    timing = {
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "source_s": outcome.counts.get("duration_s"),
+    }
     if not outcome.records:
         first_refusal = outcome.refusals[0] if outcome.refusals else None
         return {
             "status": "refused",
             "code": first_refusal.code if first_refusal else "no_utterances",
             "message": first_refusal.message if first_refusal else "no usable utterance",
-            "info": {"refused": refused},
+            "info": {"refused": refused, **timing},
         }
     tar = workdir / "clip.tar"
     write_clip_tar(outcome.records, tar)
@@ -173,7 +178,7 @@ def process_clip(
         "key": key,
         "utterances": len(outcome.records),
         "seconds": seconds,
-        "info": {"refused": refused},
+        "info": {"refused": refused, **timing},
     }
 
 

@@ -11,6 +11,7 @@ utterance's frames are held; with no `emit` callback they go to files in `work_d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -336,7 +337,11 @@ class _SourceBuilder:
             )
         rows = main_track_rows(first, main)
         descriptors = main_descriptors(first, rows)
-        cuts = find_cuts(first.signatures, descriptors)
+        # Shots end at colour cuts. A jump of the face's proportions alone (find_cuts' other
+        # signal) is a change of person only if the pose-matched comparison below agrees;
+        # otherwise it is a head turn, and splitting the shot there would cut speech in two.
+        cuts = find_cuts(first.signatures)
+        person_cuts = [c for c in find_cuts(first.signatures, descriptors) if c not in cuts]
         min_len = math.ceil(config.min_utterance_s * FPS)
         bounds = sorted(consistent_segments(found, cuts, min_len, config.max_gap_frames))
         self.outcome.counts.update(cuts=len(cuts), segments=len(bounds))
@@ -352,7 +357,7 @@ class _SourceBuilder:
         segments = [
             self.geometry(s, e, m, reference) for (s, e), m in zip(bounds, marks, strict=True)
         ]
-        distance = _check_one_person(descriptors, segments, config.identity_threshold)
+        distance = _check_one_person(descriptors, segments, person_cuts, config.identity_threshold)
         self.outcome.counts.update(identity_distance=round(distance, 4))
         utterances: list[_Utterance] = []
         for segment in segments:
@@ -604,28 +609,32 @@ def _shot_distance(
     return identity_distance(np.median(a, axis=0), np.median(b, axis=0)), False
 
 
-def _check_one_person(descriptors: np.ndarray, segments: list[_Segment], threshold: float) -> float:
-    """Refuse the source when a shot shows someone else than its longest shot does.
+def _check_one_person(
+    descriptors: np.ndarray, segments: list[_Segment], person_cuts: list[int], threshold: float
+) -> float:
+    """Refuse the source when a stretch shows someone else than its longest stretch does.
 
-    Returns the largest distance of a shot to the longest one (0 for a single shot).
+    The stretches are the segments, also split where `find_cuts` saw the face's proportions
+    jump within a shot. Returns the largest distance to the longest stretch (0 if only one).
     """
-    shots = []
+    parts = []  # (start frame, descriptors, pose cells) of each stretch's valid frames
     for seg in segments:
-        rows = descriptors[seg.start : seg.end]
-        ok = np.all(np.isfinite(rows), axis=1)
-        shots.append((seg, rows[ok], _pose_cells(seg.euler[ok])))
-    shots.sort(key=lambda shot: shot[0].start - shot[0].end)
-    main, main_rows, main_cells = shots[0]
+        inner = [c for c in person_cuts if seg.start < c < seg.end]
+        for a, b in itertools.pairwise([seg.start, *inner, seg.end]):
+            rows = descriptors[a:b]
+            ok = np.all(np.isfinite(rows), axis=1)
+            if ok.any():
+                euler = seg.euler[a - seg.start : b - seg.start]
+                parts.append((a, rows[ok], _pose_cells(euler[ok])))
+    parts.sort(key=lambda part: -len(part[1]))
     largest = 0.0
-    for seg, rows, cells in shots[1:]:
-        if len(rows) == 0 or len(main_rows) == 0:
-            continue
-        distance, matched = _shot_distance(main_rows, main_cells, rows, cells)
+    for start, rows, cells in parts[1:]:
+        distance, matched = _shot_distance(parts[0][1], parts[0][2], rows, cells)
         limit = threshold if matched else threshold * UNMATCHED_FACTOR
         if distance > limit:
             raise _Refused(
                 "multiple_subjects",
-                f"the shots at {main.start / FPS:.1f} s and {seg.start / FPS:.1f} s show "
+                f"the stretches at {parts[0][0] / FPS:.1f} s and {start / FPS:.1f} s show "
                 f"different people (face proportions differ by {distance:.1%})",
             )
         largest = max(largest, distance)

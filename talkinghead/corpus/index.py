@@ -198,8 +198,9 @@ def build_index(
     created: str | None = None,
     max_shard_bytes: int = SHARD_MAX_BYTES,
 ) -> CorpusIndex:
-    """Write `out_dir/corpus.json` for shards already written (ShardWriter.close()), or write
-    the shards first from clip tars or samples; returns the index."""
+    """Write `out_dir/corpus.json` (and first the shards, unless given ShardWriter's)."""
+    # `source` is what ShardWriter.close() returned, or clip tar paths, or samples (records or
+    # member lists) in the order they should be stored.
     items = list(source)
     if items and all(isinstance(i, ShardInfo) for i in items):
         shards: list[ShardInfo] = items  # type: ignore[assignment]

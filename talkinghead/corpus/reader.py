@@ -39,6 +39,7 @@ class _HashingReader:
     """A read-only stream that hashes and counts what is read through it."""
 
     def __init__(self, raw: BinaryIO) -> None:
+        """Wrap `raw`."""
         self._raw = raw
         self.sha256 = hashlib.sha256()
         self.bytes = 0
@@ -164,6 +165,7 @@ class CorpusReader:
         rng = np.random.default_rng(seed)
 
         def stream() -> Iterator[Sample]:
+            """Samples in shard order, epoch after epoch."""
             epoch = 0
             while epochs is None or epoch < epochs:
                 shards = self.shards()
@@ -200,6 +202,7 @@ class CorpusReader:
         subset = _mouth_points() if points == "mouth" else None
 
         def cut(record: ClipRecord, rng: np.random.Generator) -> Iterator[Sample]:
+            """The samples of one clip."""
             frames = record.meta.num_frames
             if frames < window:
                 return
@@ -232,6 +235,7 @@ class CorpusReader:
         # the clip away from the target, so that it shows another expression and head pose.
 
         def cut(record: ClipRecord, rng: np.random.Generator) -> Iterator[Sample]:
+            """The samples of one clip."""
             frames = record.meta.num_frames
             if frames < 2:
                 return  # no other frame to take the reference from

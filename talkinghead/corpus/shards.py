@@ -38,8 +38,8 @@ SHARD_MAX_BYTES = 256 * 1024 * 1024
 SHARD_PATTERN = "shard-{index:06d}.tar"
 SHARDS_DIR = "shards"
 # Crops are training targets, not something a browser plays: full-resolution chroma (4:4:4)
-# keeps the red-lip/skin and teeth edges that 4:2:0 halves, for ~3% more bytes. CRF 16 is
-# visually lossless (mean error under 1 level of 255 on smooth faces).
+# keeps the lip/skin and teeth edges that 4:2:0 halves. Measured on a moving 256x256 face at
+# CRF 16: 39 KB and a mean error of 1.5 levels for 4:4:4, 45 KB and 2.1 levels for 4:2:0.
 CROP_CRF = 16
 CROP_PIX_FMT = "yuv444p"
 # Tar headers carry no time, owner or permissions that depend on the machine that wrote them.
@@ -98,7 +98,10 @@ def encode_crops(crops: np.ndarray, fps: int = FPS) -> bytes:
     _, h, w, _ = crops.shape
     with tempfile.TemporaryDirectory(prefix="th-crops-") as tmp:
         raw, out = Path(tmp) / "crops.rgb", Path(tmp) / "crops.mp4"
-        raw.write_bytes(np.ascontiguousarray(crops, dtype=np.uint8).tobytes())
+        with open(raw, "wb") as f:
+            # in slices: the builder may hand over a memory map of a long clip
+            for i in range(0, len(crops), 64):
+                f.write(np.ascontiguousarray(crops[i : i + 64], dtype=np.uint8).tobytes())
         run_ffmpeg([
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", str(fps),
             "-i", str(raw), "-an", "-vf", f"format={CROP_PIX_FMT}", "-colorspace", "smpte170m",
@@ -212,6 +215,7 @@ class LazyClipRecord(ClipRecord):
         crops_mp4: bytes,
         masks_npz: bytes,
     ) -> None:
+        """Keep the encoded media; nothing is decoded yet."""
         self.meta, self.arrays, self.audio = meta, arrays, audio
         self.crops_mp4, self.masks_npz = crops_mp4, masks_npz
         self._crops: np.ndarray | None = None
@@ -226,6 +230,7 @@ class LazyClipRecord(ClipRecord):
 
     @crops.setter
     def crops(self, value: np.ndarray) -> None:
+        """Set decoded crops."""
         self._crops = value
 
     @property
@@ -237,6 +242,7 @@ class LazyClipRecord(ClipRecord):
 
     @masks.setter
     def masks(self, value: np.ndarray) -> None:
+        """Set decoded masks."""
         self._masks = value
 
     def check_arrays(self) -> None:
@@ -318,6 +324,7 @@ class _HashingWriter:
     """A write-only file that hashes and counts what passes through it."""
 
     def __init__(self, out: IO[bytes]) -> None:
+        """Wrap `out`."""
         self._out = out
         self.sha256 = hashlib.sha256()
         self.bytes = 0
@@ -356,6 +363,7 @@ class _TarSink:
     """One tar being written to `path` (via a .part file renamed on close)."""
 
     def __init__(self, path: Path) -> None:
+        """Open the .part file and a tar writer on it."""
         self.path = path
         self.part = path.with_name(f".{path.name}.part")
         self._file = open(self.part, "wb")  # noqa: SIM115 - closed in close()/abort()

@@ -48,7 +48,7 @@ def voiced(levels: np.ndarray) -> np.ndarray:
 
 def _runs(mask: np.ndarray, value: bool) -> list[tuple[int, int]]:
     """Half-open [a, b) runs where mask == value."""
-    padded = np.concatenate([[not value], mask == value, [not value]]).astype(np.int8)
+    padded = np.concatenate([[False], mask == value, [False]]).astype(np.int8)
     edges = np.nonzero(np.diff(padded))[0]
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
