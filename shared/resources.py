@@ -30,6 +30,7 @@ def avatar_view(avatar: Avatar, job: Job) -> schemas.Avatar:
         callback_url=avatar.callback_url,
         consent=avatar.consent,
         consent_at=avatar.consent_at,
+        corpus_opt_in=bool(avatar.corpus_opt_in),
         created_at=avatar.created_at,
         updated_at=job.updated_at,
     )

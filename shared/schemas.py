@@ -97,6 +97,11 @@ class AvatarCreate(StrictModel):
     )
     callback_url: str | None = Field(None, max_length=2000)
     metadata: Metadata = Field(default_factory=dict)
+    corpus_opt_in: bool = Field(
+        False,
+        description="The tenant agrees that this avatar's video may join the operator's "
+        "training corpora (shared models learn from many speakers). Off unless asked for.",
+    )
 
     @field_validator("renderer")
     @classmethod
@@ -132,6 +137,7 @@ class Avatar(BaseModel):
     callback_url: str | None = None
     consent: bool
     consent_at: datetime
+    corpus_opt_in: bool = False
     created_at: datetime
     updated_at: datetime
 

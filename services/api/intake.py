@@ -343,7 +343,8 @@ class AvatarIntake(ResourceIntake[schemas.AvatarCreate, Avatar, schemas.Avatar])
     form = FormSpec(
         file_fields=SOURCES,
         field_limits=dict.fromkeys(
-            ("consent", "name", "renderer", "preset", "callback_url", "metadata"), FIELD_MAX_BYTES
+            ("consent", "name", "renderer", "preset", "callback_url", "metadata", "corpus_opt_in"),
+            FIELD_MAX_BYTES,
         ),
         too_large_codes={"metadata": "metadata_too_large"},
         second_file_code="multiple_sources",
@@ -390,13 +391,21 @@ class AvatarIntake(ResourceIntake[schemas.AvatarCreate, Avatar, schemas.Avatar])
                 raise validation_error(exc, ("consent",)) from None
             if not given:
                 raise _consent_required()
-        return {
+        data: dict[str, Any] = {
             "consent": True,
             **{k: form[k] for k in ("name", "renderer", "preset") if k in form},
         }
+        if "corpus_opt_in" in form:
+            try:
+                data["corpus_opt_in"] = _BOOL.validate_python(form["corpus_opt_in"].strip())
+            except ValidationError as exc:
+                raise validation_error(exc, ("corpus_opt_in",)) from None
+        return data
 
     def canonical(self, body: schemas.AvatarCreate) -> dict[str, Any]:
-        return body.model_dump(include={"name", "renderer", "preset", "callback_url", "metadata"})
+        return body.model_dump(
+            include={"name", "renderer", "preset", "callback_url", "metadata", "corpus_opt_in"}
+        )
 
     def object_key(self, resource_id: str, media: MediaKind) -> str:
         return tenant_key(self.intake.tenant_id, "avatars", resource_id, "source", media)
@@ -414,6 +423,7 @@ class AvatarIntake(ResourceIntake[schemas.AvatarCreate, Avatar, schemas.Avatar])
             "metrics": {},
             "source_key": key,
             "source": media,
+            "corpus_opt_in": body.corpus_opt_in,
         }
 
     def stages(self, body: schemas.AvatarCreate) -> Iterable[str]:

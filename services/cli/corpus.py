@@ -157,6 +157,9 @@ def build(
     upload: Annotated[
         bool, typer.Option(help="Copy local files into the object store for remote workers.")
     ] = False,
+    include_opted_in_avatars: Annotated[
+        bool, typer.Option(help="Add the avatar videos whose tenants opted them in.")
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Follow the build until it ends.")] = True,
     as_json: JsonOut = False,
 ) -> None:
@@ -177,6 +180,7 @@ def build(
         "seed": seed,
         "val_fraction": val_fraction,
         "val_identities": [v for v in (val_identities or "").split(",") if v] or None,
+        "include_avatars": include_opted_in_avatars,
     }
     with _workers(settings) as live:
         try:
@@ -238,6 +242,7 @@ def synth(
 ) -> None:
     """Generate a synthetic multi-identity corpus source (deterministic by seed, resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
     from talkinghead.corpus.synth import synth_corpus
 
     with Progress(

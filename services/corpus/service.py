@@ -360,3 +360,28 @@ def delete_corpus(settings: Settings, corpus_id: str) -> dict[str, Any]:
         corpus.stats = {}
         corpus.name = f"{corpus.name[:150]}.deleted.{corpus.id}"  # the name can be used again
     return {"corpus": corpus_id, "objects_removed": removed}
+
+
+def opted_in_avatars(settings: Settings) -> list[Any]:
+    """Tenants' avatar videos whose tenant opted them into corpora (never any other)."""
+    from services.corpus.sources import SourceEntry
+    from shared.db.models import Avatar
+
+    with session_scope(settings.database_url) as s:
+        rows = s.execute(
+            select(Avatar.id, Avatar.tenant_id, Avatar.source_key).where(
+                Avatar.corpus_opt_in.is_(True),
+                Avatar.deleted_at.is_(None),
+                Avatar.source == "video",
+            )
+        ).all()
+    return [
+        SourceEntry(
+            uri=f"store://{key}",
+            identity=f"avatar-{avatar_id}",
+            speaker=f"avatar-{avatar_id}",
+            language="und",
+            licence=f"opted in by tenant {tenant_id}",
+        )
+        for avatar_id, tenant_id, key in rows
+    ]

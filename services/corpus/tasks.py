@@ -69,6 +69,8 @@ def scan(ctx: JobContext) -> StepResult:
         entries = list_source(corpus.source, ctx.settings, defaults)
     except SourceError as exc:
         raise JobError("bad_source", str(exc)) from None
+    if corpus.config.get("include_avatars"):
+        entries += service.opted_in_avatars(ctx.settings)
     added = service.add_clips(ctx.settings, corpus.id, entries)
     return StepResult(state={"listed": len(entries), "added": added}, progress=SCAN_END)
 

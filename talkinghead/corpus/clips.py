@@ -155,7 +155,7 @@ class _Refused(Exception):
         self.code, self.message = code, message
 
 
-# MediaError codes of the shared media layer, in the corpus' refusal vocabulary.
+# MediaError codes of talkinghead.media and ingest, in the refusal vocabulary of the corpus.
 _MEDIA_CODES = {"no_video_stream": "unreadable_media", "no_audio_stream": "no_audio"}
 
 
@@ -255,6 +255,8 @@ class _SourceBuilder:
         self.source_size = (0, 0)
         self.wave = np.zeros(0, np.float32)
         self.camera = np.eye(3)  # pinhole of the source frame, set once its size is known
+        # A bad encoder setting is the operator's error, not the source's: it raises, up front.
+        self.encoder = encoder_from_name(config.audio_encoder, config.audio_encoder_path)
 
     def refuse_part(self, start: int, end: int, code: str, message: str) -> None:
         """Record a refused stretch of frames [start, end)."""
@@ -434,7 +436,7 @@ class _SourceBuilder:
         out: list[_Utterance] = []
         for span in spans:
             a = s + max(0, math.floor(span.start * FPS))
-            b = min(e, s + math.ceil(span.end * FPS))
+            b = min(e, s + math.ceil(span.end * FPS), a + math.floor(config.max_utterance_s * FPS))
             x = slice(a - s, b - s)
             crop = fixed_crop_from_extents(
                 segment.lo[x], segment.hi[x], self.source_size[0], self.source_size[1]
@@ -449,7 +451,6 @@ class _SourceBuilder:
         size = self.crop_decode_size(info, utterances)
         k = size[0] / self.source_size[0]  # source pixels -> decoded pixels
         first, last = utterances[0].start, utterances[-1].end
-        encoder = encoder_from_name(self.config.audio_encoder, self.config.audio_encoder_path)
         frames = normalised_frames(self.path, size, first, last - first)
         pending = iter(utterances)
         current = next(pending)
@@ -464,7 +465,7 @@ class _SourceBuilder:
                 person = segmenter.person_mask(crops[i])
                 masks[i] = np.round(person * 255.0).astype(np.uint8)
                 if f + 1 == current.end:
-                    self.finish(current, crops, masks, encoder)
+                    self.finish(current, crops, masks, self.encoder)
                     done += 1
                     self.progress("frames", done / len(utterances))
                     nxt = next(pending, None)

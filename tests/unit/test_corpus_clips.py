@@ -235,3 +235,10 @@ def test_plan_utterances_cuts_long_speech_and_drops_lone_fragments() -> None:
     assert sum(s.duration for s in spans) == pytest.approx(25.1, abs=0.1)
     silent, none = plan_utterances(np.zeros(5 * SAMPLE_RATE, np.float32), SAMPLE_RATE, 3, 12, 0.3)
     assert silent == [] and none == []
+
+
+def test_config_refuses_limits_the_split_cannot_honour(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="twice"):
+        CorpusBuildConfig(min_utterance_s=3.0, max_utterance_s=5.0)
+    with pytest.raises(ValueError, match="unknown audio encoder"):  # the operator's error: raised
+        build(tmp_path / "none.mp4", tmp_path, CorpusBuildConfig(audio_encoder="nope"))
