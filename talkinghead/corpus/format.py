@@ -30,7 +30,7 @@ ARRAYS: dict[str, tuple[str, str]] = {
     "canonical": ("(T, 478, 3) float32", "head frame: pose removed, units of the reference"),
     "pose": ("(T, 6) float32", "yaw, pitch, roll (degrees), tx, ty, tz (camera frame)"),
     "eye_ratio": ("(T,) float32", "eye openness, 0 closed"),
-    "mouth_ratio": ("(T,) float32", "mouth opening over mouth width"),
+    "mouth_ratio": ("(T,) float32", "inner-lip opening over the outer-eye distance"),
     "face_box": ("(T, 4) float32", "x0, y0, x1, y1 in source pixels"),
     "lips_box": ("(T, 4) float32", "x0, y0, x1, y1 in source pixels"),
     "crop_box": ("(4,) float32", "the fixed square crop of the clip, in source pixels"),

@@ -241,4 +241,5 @@ def test_config_refuses_limits_the_split_cannot_honour(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="twice"):
         CorpusBuildConfig(min_utterance_s=3.0, max_utterance_s=5.0)
     with pytest.raises(ValueError, match="unknown audio encoder"):  # the operator's error: raised
-        build(tmp_path / "none.mp4", tmp_path, CorpusBuildConfig(audio_encoder="nope"))
+        tags = SourceTags("ada", "ada", "en", "CC0", "none.mp4", "0" * 64)
+        build_source(tmp_path / "none.mp4", tags, tmp_path, CorpusBuildConfig(audio_encoder="no"))
