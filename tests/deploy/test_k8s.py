@@ -246,7 +246,7 @@ def test_trainer_scale_in_never_kills_a_running_training(overlay: str, tmp_path:
     assert worker_queues(trainer) == ["train"] and args[args.index("--concurrency") + 1] == "1"
 
     # 1. Sized on queued + running work: a database trigger counting exactly the avatars
-    #    whose job is in a trainer stage, checked by running its query on the real schema.
+    #    and shared models whose job is in a trainer stage, checked by running its query on the real schema.
     (pg,) = [t["metadata"] for t in obj["spec"]["triggers"] if t["type"] == "postgresql"]
     assert pg["connectionFromEnv"] == "TH_DATABASE_URL" and float(pg["targetQueryValue"]) == 1
     assert "TH_DATABASE_URL" in secret_data(docs) or overlay == "prod"
@@ -255,6 +255,8 @@ def test_trainer_scale_in_never_kills_a_running_training(overlay: str, tmp_path:
     states = {
         "avatar": [*PIPELINES["avatar"], "queued", "ready", "failed"],
         "render": PIPELINES["render"],
+        "model": [*PIPELINES["model"], "queued", "ready"],
+        "corpus": [*PIPELINES["corpus"], "ready"],
     }
     with session_scope(db) as s:
         tenant, _ = create_tenant(s, "keda")
@@ -263,7 +265,7 @@ def test_trainer_scale_in_never_kills_a_running_training(overlay: str, tmp_path:
                 s.add(Job(tenant_id=tenant.id, kind=kind, resource_id=f"{kind}{i}", status=status))
     with make_engine(db).connect() as connection:
         counted = connection.execute(text(pg["query"])).scalar_one()
-    assert _training_stages() == {"training", "exporting"}
+    assert _training_stages() == {"training", "exporting", "fitting", "publishing"}
     assert counted == len(_training_stages())
 
     # 2. Scale-in removes one pod at a time, slowly, and only after the work dropped.
