@@ -245,8 +245,9 @@ def test_trainer_scale_in_never_kills_a_running_training(overlay: str, tmp_path:
     args = c["args"]
     assert worker_queues(trainer) == ["train"] and args[args.index("--concurrency") + 1] == "1"
 
-    # 1. Sized on queued + running work: a database trigger counting exactly the avatars
-    #    and shared models whose job is in a trainer stage, checked by running its query on the real schema.
+    # 1. Sized on queued + running work: a database trigger counting exactly the avatars and
+    #    shared models whose job is in a trainer stage, checked by running its query on the
+    #    real schema.
     (pg,) = [t["metadata"] for t in obj["spec"]["triggers"] if t["type"] == "postgresql"]
     assert pg["connectionFromEnv"] == "TH_DATABASE_URL" and float(pg["targetQueryValue"]) == 1
     assert "TH_DATABASE_URL" in secret_data(docs) or overlay == "prod"
