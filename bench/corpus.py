@@ -146,7 +146,7 @@ def build_stage(
     upgrade(settings.database_url)
     configure_celery(settings)
     identities = json.loads((csv_path.parent / "identities.json").read_text())
-    names = sorted(i["id"] if isinstance(i, dict) else str(i) for i in identities)
+    names = sorted(i["name"] for i in identities)
     val_ids = names[-val:] if val else []
     started = time.perf_counter()
     source = _upload_sources(settings, "bench", str(csv_path), SourceDefaults())
