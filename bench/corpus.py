@@ -218,7 +218,7 @@ def baseline_stage(out: Path, csv_path: Path, clips: int) -> dict[str, Any]:
         started = time.perf_counter()
         build_dataset(video, audio, target, PreprocessConfig(size=256, min_segment_s=2.0))
         seconds = time.perf_counter() - started
-        duration = float(probe(video).duration)
+        duration = float(probe(video).duration_s)
         per_clip[video.name + "@" + row["path"]] = round(seconds, 2)
         video_s += duration
         compute_s += seconds
