@@ -91,9 +91,9 @@ def _upload_sources(settings: Settings, name: str, source: str, defaults: Any) -
 def _follow(settings: Settings, corpus_id: str, job_id: str, quiet: bool) -> str:
     """Show the build's progress until its job ends; returns the final status."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from sqlalchemy import func, select
 
-    from shared.db.models import CorpusClip, Job
+    from services.corpus.service import CLIP_DONE, clip_counts
+    from shared.db.models import Job
     from shared.db.session import session_scope
     from shared.jobs import TERMINAL
 
@@ -105,15 +105,9 @@ def _follow(settings: Settings, corpus_id: str, job_id: str, quiet: bool) -> str
                 job = s.get(Job, job_id)
                 assert job is not None
                 status, stage = job.status, job.stage
-                counts = dict(
-                    s.execute(
-                        select(CorpusClip.status, func.count())
-                        .where(CorpusClip.corpus_id == corpus_id)
-                        .group_by(CorpusClip.status)
-                    ).all()
-                )
+                counts = clip_counts(s, corpus_id)
             total = sum(counts.values())
-            done = sum(counts.get(k, 0) for k in ("accepted", "refused", "duplicate", "removed"))
+            done = sum(counts.get(k, 0) for k in CLIP_DONE)
             refused = counts.get("refused", 0)
             bar.update(
                 clips,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db.models import Corpus, CorpusClip, Job, JobStatus, utcnow
@@ -216,16 +217,20 @@ def set_sha(settings: Settings, clip_id: str, owner: str, sha256: str) -> None:
         )
 
 
+def clip_counts(s: Session, corpus_id: str) -> dict[str, int]:
+    """How many of the corpus' clips are in each status."""
+    rows = s.execute(
+        select(CorpusClip.status, func.count())
+        .where(CorpusClip.corpus_id == corpus_id)
+        .group_by(CorpusClip.status)
+    ).all()
+    return {status: int(n) for status, n in rows}
+
+
 def wake_when_done(settings: Settings, corpus_id: str) -> bool:
     """Update the build's progress; when no clip is left, wake the waiting build step."""
     with session_scope(settings.database_url) as s:
-        counts = dict(
-            s.execute(
-                select(CorpusClip.status, func.count())
-                .where(CorpusClip.corpus_id == corpus_id)
-                .group_by(CorpusClip.status)
-            ).all()
-        )
+        counts = clip_counts(s, corpus_id)
         total = sum(counts.values())
         finished = sum(counts.get(k, 0) for k in CLIP_DONE)
         job = s.scalar(select(Job).where(Job.resource_id == corpus_id))
