@@ -123,7 +123,7 @@ def synth_stage(out: Path, identities: int, minutes: float, seed: int) -> Path:
             log(f"synth {done}/{total} clips")
 
     csv_path = synth_corpus(
-        out / "source", identities=identities, minutes=minutes, seed=seed, progress=progress
+        out / "source", identities, minutes, seed, progress=progress, jobs=os.cpu_count() or 1
     )
     log(f"synth done in {time.perf_counter() - started:.0f} s")
     return csv_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,6 +234,7 @@ def synth(
     minutes: Annotated[float, typer.Option(min=0.05)] = 60.0,
     seed: Annotated[int, typer.Option()] = 0,
     size: Annotated[int, typer.Option(min=128, max=1024)] = 256,
+    jobs: Annotated[int, typer.Option(min=0, help="Rendering processes (0: one per core).")] = 0,
 ) -> None:
     """Generate a synthetic multi-identity corpus source (deterministic by seed, resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -248,7 +250,13 @@ def synth(
             bar.update(task, completed=done, total=total)
 
         csv_path = synth_corpus(
-            out, identities=identities, minutes=minutes, seed=seed, size=size, progress=progress
+            out,
+            identities,
+            minutes,
+            seed,
+            size,
+            progress=progress,
+            jobs=jobs or os.cpu_count() or 1,
         )
     typer.echo(str(csv_path))
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
@@ -444,6 +445,16 @@ def plan_corpus(
     return plans
 
 
+def _make_clip(plan: ClipPlan, out_dir: Path, size: int) -> None:
+    """Render one planned clip into place; a crash leaves no half clip behind."""
+    final = out_dir / plan.rel_dir
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    synth_clip(plan, staging, size=size)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
 def synth_corpus(
     out_dir: Path,
     identities: int = 48,
@@ -452,24 +463,34 @@ def synth_corpus(
     size: int = 256,
     clip_seconds: tuple[float, float] = (6, 12),
     progress: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Write a synthetic corpus (clips, sources.csv, identities.json); returns sources.csv.
 
-    Deterministic by seed; clips whose files already exist are skipped, so a rerun resumes.
+    Deterministic by seed (whatever `jobs`, the number of clip-rendering processes); clips
+    whose files already exist are skipped, so a rerun resumes.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = plan_corpus(identities, minutes, seed, clip_seconds)
-    for done, plan in enumerate(plans, start=1):
-        final = out_dir / plan.rel_dir
-        if not all((final / name).is_file() for name in CLIP_FILES):
-            partial = final.with_name(final.name + ".partial")  # a crash leaves no half clip
-            shutil.rmtree(partial, ignore_errors=True)
-            synth_clip(plan, partial, size=size)
-            shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
-        if progress is not None:
-            progress(done, len(plans))
+    todo = [p for p in plans if not all((out_dir / p.rel_dir / n).is_file() for n in CLIP_FILES)]
+    done = len(plans) - len(todo)
+    if progress is not None:
+        progress(done, len(plans))
+    make = partial(_make_clip, out_dir=out_dir, size=size)
+    if jobs > 1 and len(todo) > 1:
+        # Fork: the children inherit the imported modules; each clip depends only on its plan.
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            for _ in pool.imap_unordered(make, todo):
+                done += 1
+                if progress is not None:
+                    progress(done, len(plans))
+    else:
+        for plan in todo:
+            make(plan)
+            done += 1
+            if progress is not None:
+                progress(done, len(plans))
     people = [make_identity(seed, i) for i in range(identities)]
     (out_dir / "identities.json").write_text(
         json.dumps([p.to_json() for p in people], indent=1, ensure_ascii=False), "utf-8"
