@@ -74,8 +74,8 @@ Emit = Callable[[ClipRecord], None]
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 MIN_DECODED_FRACTION = 0.9  # less of the stated duration decodes: the file is truncated
 SAME_FACE_IOU = 0.3  # a second mesh overlapping the main face this much is the same face
-POSE_CELL_DEG = 5.0  # shots are compared in yaw/pitch cells this wide ...
-MIN_MATCHED_FRAMES = 8  # ... if each has this many frames in cells both visit
+POSE_CELL_DEG = 8.0  # shots are compared in yaw/pitch cells this wide ...
+MIN_MATCHED_FRAMES = 8  # ... if the cells both visit hold this many frames of each
 UNMATCHED_FACTOR = 1.6  # otherwise the threshold is this much looser (pose adds its own spread)
 
 
@@ -597,16 +597,26 @@ def _pose_cells(euler: np.ndarray) -> np.ndarray:
 def _shot_distance(
     a: np.ndarray, cells_a: np.ndarray, b: np.ndarray, cells_b: np.ndarray
 ) -> tuple[float, bool]:
-    """(descriptor distance of two shots, whether poses could be matched).
+    """(descriptor distance of two stretches, whether poses could be matched).
 
     The face mesh's depth, and so the descriptor, shifts with the head's pose about as much as
-    it differs between people; so the shots are compared in the pose cells both visit. Shots
-    with too few common poses fall back to their most frontal quarter, a looser comparison.
+    it differs between people; so the stretches are compared cell by cell over the pose cells
+    both visit, each cell weighted by its smaller frame count (pooling the frames instead would
+    compare different mixes of poses). Stretches with too few frames in common cells fall back
+    to their overall medians, a looser comparison.
     """
-    common = np.intersect1d(cells_a, cells_b)
-    in_a, in_b = np.isin(cells_a, common), np.isin(cells_b, common)
-    if min(in_a.sum(), in_b.sum()) >= MIN_MATCHED_FRAMES:
-        return identity_distance(np.median(a[in_a], axis=0), np.median(b[in_b], axis=0)), True
+    parts_a, parts_b, weights = [], [], []
+    for cell in np.intersect1d(cells_a, cells_b):
+        in_a, in_b = cells_a == cell, cells_b == cell
+        count = int(min(in_a.sum(), in_b.sum()))
+        if count >= 2:
+            parts_a.append(np.median(a[in_a], axis=0))
+            parts_b.append(np.median(b[in_b], axis=0))
+            weights.append(count)
+    if sum(weights) >= MIN_MATCHED_FRAMES:
+        mean_a = np.average(parts_a, axis=0, weights=weights)
+        mean_b = np.average(parts_b, axis=0, weights=weights)
+        return identity_distance(mean_a, mean_b), True
     return identity_distance(np.median(a, axis=0), np.median(b, axis=0)), False
 
 
@@ -618,7 +628,7 @@ def _check_one_person(
     The stretches are the segments, also split where `find_cuts` saw the face's proportions
     jump within a shot. Returns the largest distance to the longest stretch (0 if only one).
     """
-    parts = []  # (start frame, descriptors, pose cells) of each stretch's valid frames
+    parts = []  # (start frame, descriptors, pose cells, split by a person cut) per stretch
     for seg in segments:
         inner = [c for c in person_cuts if seg.start < c < seg.end]
         for a, b in itertools.pairwise([seg.start, *inner, seg.end]):
@@ -626,11 +636,15 @@ def _check_one_person(
             ok = np.all(np.isfinite(rows), axis=1)
             if ok.any():
                 euler = seg.euler[a - seg.start : b - seg.start]
-                parts.append((a, rows[ok], _pose_cells(euler[ok])))
+                parts.append((a, rows[ok], _pose_cells(euler[ok]), bool(inner)))
     parts.sort(key=lambda part: -len(part[1]))
     largest = 0.0
-    for start, rows, cells in parts[1:]:
+    for start, rows, cells, split in parts[1:]:
         distance, matched = _shot_distance(parts[0][1], parts[0][2], rows, cells)
+        if not matched and (split or parts[0][3]):
+            # A jump of proportions inside a shot, with no colour cut, that poses cannot
+            # confirm: a head turn far more often than a new person in an unbroken shot.
+            continue
         limit = threshold if matched else threshold * UNMATCHED_FACTOR
         if distance > limit:
             raise _Refused(
