@@ -10,7 +10,12 @@ import pytest
 from talkinghead.media import synth_face_video, synth_test_video, synth_tone
 from tests.fixtures.servers import postgres_database, redis_server
 
-pytest_plugins = ["tests.fixtures.seaweed", "tests.fixtures.avatars", "tests.fixtures.corpora"]
+pytest_plugins = [
+    "tests.fixtures.seaweed",
+    "tests.fixtures.avatars",
+    "tests.fixtures.corpora",
+    "tests.fixtures.corpus_sources",
+]
 
 
 @pytest.fixture(scope="session")
