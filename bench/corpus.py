@@ -161,11 +161,14 @@ def build_stage(
         started = time.perf_counter()
         corpus_id, job_id = start_build(settings, "bench", source, config)
 
+        logged = [time.monotonic()]
+
         def finished() -> bool:
             with session_scope(settings.database_url) as s:
                 job = s.get(Job, job_id)
                 assert job is not None
-                if time.monotonic() % 60 < 1:
+                if time.monotonic() - logged[0] >= 60:
+                    logged[0] = time.monotonic()
                     log(f"build {job.stage} {job.progress:.0%}")
                 return job.status in ("ready", "failed", "cancelled")
 

@@ -25,13 +25,19 @@ import httpx
 
 from shared.config import Settings, load_settings
 from shared.db.migrate import upgrade
+from shared.queue import WORKER_FLAGS
 
 # Where `services` is importable from, for children started from another working directory.
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
+MAX_RESTARTS = 5  # restarts of one component within RESTART_WINDOW_S before giving up
+RESTART_WINDOW_S = 120.0
+RESTART_BACKOFF_S = 0.5  # before the second restart within the window; doubles after
+
+
 class EmbeddedStackError(RuntimeError):
-    """The stack could not start; the message carries the tail of the relevant logs."""
+    """The stack could not start or keep running; the message carries the tail of the logs."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -161,14 +167,25 @@ class RedisServer:
         """The server's pid while it runs."""
         return self._proc.pid if self._proc else None
 
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING (retrying if a port race is lost)."""
+    def alive(self) -> bool:
+        """True while the server process runs."""
+        return self._proc is not None and self._proc.alive()
+
+    def start(self, timeout_s: float = 10.0, same_port: bool = False) -> RedisServer:
+        """Start the server and wait until it answers PING (retrying if a port race is lost).
+
+        With `same_port`, a restart keeps the port, so every client's URL stays valid.
+        """
         import redis
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
         executable = redis_server_executable()
-        for _ in range(3):
-            self.port = free_port()
+        if self._proc is not None:
+            _stop_all([self._proc], grace_s=2)
+            self._proc = None
+        for _ in range(3 if not same_port else 1):
+            if not (same_port and self.port):
+                self.port = free_port()
             argv = [
                 executable,
                 "--port", str(self.port),
@@ -253,6 +270,7 @@ class EmbeddedStack:
         self._settings: Settings | None = None
         self._redis: RedisServer | None = None
         self._procs: list[ManagedProcess] = []
+        self._restarts: dict[str, list[float]] = {}  # component -> monotonic restart times
         self._started = False
 
     # -- what tests and the demo read -------------------------------------------------------
@@ -296,6 +314,41 @@ class EmbeddedStack:
     def dead_children(self) -> list[str]:
         """Names of children that exited on their own."""
         return [p.name for p in self._procs if not p.alive()]
+
+    def supervise(self) -> list[str]:
+        """Restart every component that died (Redis on its port); the names restarted.
+
+        A component is restarted after a backoff that doubles with each recent restart; one
+        that dies more than MAX_RESTARTS times within RESTART_WINDOW_S is crash-looping, and
+        the stack gives up on it (EmbeddedStackError) rather than spin.
+        """
+        restarted = []
+        now = time.monotonic()
+        if self._redis is not None and not self._redis.alive() and self._due("redis", now):
+            self._redis.start(same_port=True)
+            restarted.append("redis")
+        for index, proc in enumerate(self._procs):
+            if proc.alive() or not self._due(proc.name, now):
+                continue
+            proc.kill()  # orphans of the dead leader (pool processes) go with it
+            proc.close()
+            self._procs[index] = ManagedProcess(
+                proc.name, proc.argv, self._env, proc.log_path, Path.cwd()
+            )
+            restarted.append(proc.name)
+        return restarted
+
+    def _due(self, name: str, now: float) -> bool:
+        """Whether a dead component may be restarted now (and record the restart if so)."""
+        recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+        if len(recent) >= MAX_RESTARTS:
+            raise EmbeddedStackError(
+                self._failure_report(f"{name} died {len(recent)} times in {RESTART_WINDOW_S:.0f}s")
+            )
+        if recent and now - recent[-1] < min(RESTART_BACKOFF_S * 2 ** (len(recent) - 1), 30.0):
+            return False
+        self._restarts[name] = [*recent, now]
+        return True
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -360,7 +413,7 @@ class EmbeddedStack:
                     "--concurrency", str(self.concurrency),
                     "--loglevel", self._settings.log_level,
                     "--hostname", f"embedded{i}-{os.getpid()}@%h",
-                    "--without-gossip", "--without-mingle",
+                    *WORKER_FLAGS,
                 ],
             )  # fmt: skip
         self._spawn("reconciler", [py, "-m", "services.reconciler"])

@@ -40,6 +40,12 @@ TASK_MODULES = [
 
 celery_app = Celery("talkinghead", include=TASK_MODULES)
 
+# Worker options for every way the project starts one. Gossip, mingle and the event
+# heartbeat are cluster chatter the platform does not use (jobs carry their own leases and
+# heartbeats in the database); their bootsteps are also what crashed a worker when Redis went
+# away ("Unrecoverable error: AttributeError ... 'hostname'") instead of reconnecting.
+WORKER_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
 
 def configure_celery(settings: Settings, app: Celery = celery_app) -> Celery:
     """Point `app` at the broker of `settings` and apply the delivery rules."""
@@ -57,6 +63,9 @@ def configure_celery(settings: Settings, app: Celery = celery_app) -> Celery:
         # Redelivery of an unacked message after a lost worker; segments stay far shorter.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # Reconnect for as long as the broker is away: Celery's default gives up (and the
+        # worker exits) after 100 tries.
+        broker_connection_max_retries=None,
         task_ignore_result=True,
         result_backend=None,
         task_serializer="json",

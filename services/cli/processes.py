@@ -71,7 +71,7 @@ def worker(
 ) -> None:
     """Run a Celery worker (replaces this process with `celery worker`)."""
     settings = _settings()
-    from shared.queue import QUEUES
+    from shared.queue import QUEUES, WORKER_FLAGS
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
@@ -87,6 +87,7 @@ def worker(
         "--concurrency", str(concurrency or settings.worker_concurrency),
         "--loglevel", settings.log_level,
         "--hostname", hostname or f"talkinghead-{os.getpid()}@%h",
+        *WORKER_FLAGS,
     ]  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
@@ -198,9 +199,12 @@ def up(
         typer.echo("press Ctrl-C to stop")
         while True:
             time.sleep(0.5)
-            dead = stack.dead_children()
-            if dead:
-                _fail("stack_failed", f"{', '.join(dead)} exited; see {stack.logs_dir}")
+            try:
+                restarted = stack.supervise()
+            except EmbeddedStackError as exc:
+                _fail("stack_failed", str(exc))
+            for name in restarted:
+                err_console.print(f"{name} exited; restarted it (log in {stack.logs_dir})")
     except KeyboardInterrupt:
         err_console.print("stopping …")
     finally:
