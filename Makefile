@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench up down embedded clean
+.PHONY: setup demo test test-system lint format bench up down embedded clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/system-deps.sh
@@ -21,7 +21,11 @@ demo: setup
 	$(BIN)/python -m services.demo
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not system" $(PYTEST_ARGS)
+
+# Outages (servers stopped and started under running jobs): tests/chaos.
+test-system: setup
+	$(BIN)/python -m pytest -q -m system tests/chaos $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

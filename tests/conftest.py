@@ -14,7 +14,6 @@ pytest_plugins = [
     "tests.fixtures.seaweed",
     "tests.fixtures.avatars",
     "tests.fixtures.corpora",
-    "tests.fixtures.corpus_sources",
 ]
 
 
