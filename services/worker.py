@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from shared.config import get_settings
 from shared.queue import celery_app, configure_celery
@@ -22,13 +27,32 @@ def _serve_metrics(**_: Any) -> None:
     serve_metrics(settings.worker_metrics_port)
 
 
+_pool_size = [1]  # the worker's pool size, known in the main process before the pool forks
+
+
+@worker_init.connect
+def _note_pool_size(sender: Any = None, **_: Any) -> None:
+    """Remember how many jobs this worker runs at once, for the children's thread budget."""
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int) and concurrency > 0:
+        _pool_size[0] = concurrency
+
+
 @worker_process_init.connect
 def _limit_threads(**_: Any) -> None:
-    """Cap each pool child's torch threads (TH_TORCH_THREADS) so workers share the cores."""
-    if settings.torch_threads:
-        import torch
+    """Give each pool child its share of the cores, for torch and for ffmpeg's encoder.
 
-        torch.set_num_threads(settings.torch_threads)
+    TH_TORCH_THREADS overrides; by default the cores are split over the pool so that N jobs at
+    once take no longer than the same N one after another.
+    """
+    import torch
+
+    from talkinghead.devices import thread_budget
+    from talkinghead.media import FFMPEG_THREADS_ENV
+
+    threads = settings.torch_threads or thread_budget(_pool_size[0])
+    torch.set_num_threads(threads)
+    os.environ.setdefault(FFMPEG_THREADS_ENV, str(threads))
 
 
 @worker_process_shutdown.connect

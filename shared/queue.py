@@ -7,7 +7,11 @@ from kombu import Queue
 
 from shared.config import Settings, get_settings
 
-QUEUES = ("ingest", "preprocess", "train", "render", "webhooks")
+# `finish` holds the short last stage of a render (encoding). On a queue of its own it is not
+# starved by new long work: a worker consuming `render,finish` alternates between the queues
+# (kombu rotates the one that just delivered to the back), so an encode waits for at most one
+# new render, not for every render queued before it finished.
+QUEUES = ("ingest", "preprocess", "train", "render", "finish", "webhooks")
 
 # Task name -> queue; the names are stable because messages outlive deployments.
 TASK_ROUTES = {
@@ -17,7 +21,7 @@ TASK_ROUTES = {
     "talkinghead.train_segment": "train",
     "talkinghead.export": "train",
     "talkinghead.render": "render",
-    "talkinghead.encode": "render",
+    "talkinghead.encode": "finish",
     "talkinghead.webhook": "webhooks",
     "talkinghead.corpus_scan": "preprocess",
     "talkinghead.corpus_build": "preprocess",

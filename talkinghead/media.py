@@ -172,9 +172,16 @@ def _ffmpeg_cmd(*args: str) -> list[str]:
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
 
 
+FFMPEG_THREADS_ENV = "TH_FFMPEG_THREADS"
+
+
 def _x264_args(fps: int, crf: int | None = None, tune: str | None = None) -> list[str]:
     """H.264 in yuv420p (the chroma layout every browser and phone plays) at a constant fps."""
     args = ["-c:v", "libx264", "-preset", X264_PRESET, "-pix_fmt", "yuv420p"]
+    # The worker's thread budget (talkinghead.devices.thread_budget); x264 would otherwise
+    # start 1.5 threads per core in each of the pool's concurrent encodes.
+    threads = os.environ.get(FFMPEG_THREADS_ENV, "")
+    args += ["-threads", threads] if threads.isdigit() and int(threads) > 0 else []
     args += ["-crf", str(crf)] if crf is not None else []
     args += ["-tune", tune] if tune else []
     return [*args, "-r", str(fps)]

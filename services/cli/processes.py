@@ -16,7 +16,7 @@ import typer
 from services.cli.common import _fail, _settings, err_console
 from shared.config import Settings
 
-ALL_QUEUES = "ingest,preprocess,train,render,webhooks"
+ALL_QUEUES = "ingest,preprocess,train,render,finish,webhooks"
 
 
 def _redact(url: str) -> str:
