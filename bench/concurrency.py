@@ -110,6 +110,12 @@ def main() -> None:
     parser.add_argument("--speech-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=2, help="the worker's pool size")
     parser.add_argument("--no-training", action="store_true")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="threads per pool process; 0: the thread budget; the cores: the old default",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -130,6 +136,8 @@ def main() -> None:
             "TH_TENANT_MAX_RUNNING_JOBS": "1000",
             "TH_TENANT_REQUESTS_PER_SECOND": "1000",
         }
+        if args.torch_threads:  # before thread budgets: torch and x264 on every core
+            env.update(TH_TORCH_THREADS=str(args.torch_threads), TH_FFMPEG_THREADS="0")
         with EmbeddedStack(work / "state", concurrency=args.concurrency, env=env) as stack:
             with session_scope(stack.settings.database_url) as s:
                 _, key = create_tenant(s, "bench")
