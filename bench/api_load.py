@@ -207,6 +207,10 @@ def main() -> None:
             "TH_REDIS_URL": redis_url,
             "TH_API_PORT": str(port),
             "TH_LOG_LEVEL": "WARNING",
+            # What one tenant's routes sustain, so no tenant limit may cut the ladder short
+            # (bench/tenant_limits.py measures the limits).
+            "TH_TENANT_REQUESTS_PER_SECOND": "0",
+            "TH_TENANT_MAX_QUEUED_JOBS": "0",
         }
         subprocess.run(
             [sys.executable, "-m", "services.cli", "migrate"],

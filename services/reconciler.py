@@ -1,4 +1,5 @@
-"""Re-enqueue what the queue lost: never-enqueued jobs, stale leases, lost messages, webhooks."""
+"""Re-enqueue what the queue lost: never-enqueued jobs, stale leases, lost messages, webhooks;
+and, less often, expire old renders and uploads (services/retention.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy import and_, or_, select, update
 
+from services.retention import RetentionSchedule
 from shared.config import Settings, get_settings
 from shared.db.models import Job, WebhookDelivery, utcnow
 from shared.db.session import session_scope
@@ -83,13 +85,18 @@ def reconcile_once(settings: Settings, celery: Celery = celery_app) -> dict[str,
 
 
 def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Sweep every `reconcile_interval_s` until `stop` is set."""
+    """Sweep every `reconcile_interval_s` (retention: `retention_interval_s`) until `stop`."""
     stop = stop or threading.Event()
+    retention = RetentionSchedule(settings)
     while not stop.is_set():
         try:
             reconcile_once(settings)
         except Exception:  # the DB or broker may be briefly away; try again next tick
             log.exception("reconcile sweep failed")
+        try:
+            retention.run_if_due()
+        except Exception:  # the store may be briefly away; a later sweep finishes the work
+            log.exception("retention sweep failed")
         stop.wait(settings.reconcile_interval_s)
 
 

@@ -57,6 +57,26 @@ class Settings(BaseSettings):
     presign_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600)
     page_size_max: int = Field(100, gt=0)
 
+    # Per-tenant limits; an operator overrides them per tenant (`talkinghead admin tenant limits`).
+    tenant_max_running_jobs: int = Field(
+        8,
+        ge=0,
+        description="Avatar and render jobs a tenant may have running at once; 0: no limit.",
+    )
+    tenant_max_queued_jobs: int = Field(
+        200, ge=0, description="Avatar and render jobs a tenant may have queued; 0: no limit."
+    )
+    tenant_requests_per_second: float = Field(
+        20.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Sustained API requests per second per tenant; 0: no limit.",
+    )
+    tenant_burst: int = Field(100, ge=1, description="Requests a tenant may send at once.")
+    quota_retry_after_s: int = Field(
+        30, ge=1, description="Retry-After of a 429 for a full job queue (no slot time is known)."
+    )
+
     allow_private_callbacks: bool = Field(
         False, description="Allow callback_url on private, loopback or link-local addresses."
     )
@@ -69,7 +89,36 @@ class Settings(BaseSettings):
     heartbeat_stale_s: float = Field(60.0, gt=0)
     enqueue_grace_s: float = Field(10.0, ge=0)
     reconcile_interval_s: float = Field(15.0, gt=0)
+    render_retention_s: int = Field(
+        0,
+        ge=0,
+        description="Seconds a finished render's video and audio are kept; 0 keeps them forever.",
+    )
+    upload_retention_s: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="Seconds an upload that no avatar or render consumed is kept (once its slot "
+        "closed); 0 keeps it forever.",
+    )
+    retention_interval_s: float = Field(
+        300.0, gt=0, description="Seconds between the reconciler's retention sweeps."
+    )
     max_attempts: int = Field(5, ge=1)
+    outage_retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="Seconds a step rides through an unreachable database or broker (retrying "
+        "with backoff) before it gives up with `database_unavailable`/`broker_unavailable`.",
+    )
+    storage_retry_s: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds an object-store call retries an unreachable store before the job "
+        "fails with `storage_unavailable`.",
+    )
+    outage_backoff_s: float = Field(
+        0.5, gt=0, description="First wait between outage retries; doubles up to 5 s."
+    )
     segment_frames: int = Field(50, ge=1, description="Frames per bounded training segment.")
     task_delay_s: float = Field(0.0, ge=0, description="Test hook: sleep per segment.")
 
@@ -87,7 +136,10 @@ class Settings(BaseSettings):
     render_batch_frames: int = Field(8, ge=1, le=16, description="Frames per inference request.")
     max_audio_s: float = Field(600.0, gt=0, description="Longest speech a render accepts.")
     torch_threads: int = Field(
-        0, ge=0, description="Intra-op threads per torch worker process; 0 keeps torch's default."
+        0,
+        ge=0,
+        description="Intra-op threads per pool process of a worker; 0 splits the cores over "
+        "the pool (talkinghead.devices.thread_budget).",
     )
 
     worker_concurrency: int = Field(1, ge=1)

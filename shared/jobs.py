@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
@@ -23,8 +23,9 @@ from shared.db.models import (
     utcnow,
 )
 from shared.db.session import session_scope
+from shared.limits import QUOTA_KINDS, WAITING_STAGE, count_jobs, lock_tenant, tenant_limits
 from shared.resources import avatar_view, render_view
-from shared.telemetry import JOB_FAILURES, JOB_TRANSITIONS, STAGE_DURATION
+from shared.telemetry import JOB_DEFERRALS, JOB_FAILURES, JOB_TRANSITIONS, STAGE_DURATION
 from talkinghead.families.contract import AVATAR_STAGES, VIDEO_STAGES
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,13 @@ class JobService:
             job = s.get(Job, job_id)
             if job is None or job.segment != step or job.status in TERMINAL:
                 return None
+            if self._defer_start(s, job, now):
+                JOB_DEFERRALS.labels(job.kind).inc()
+                log.info(
+                    "job waits for a running slot of its tenant",
+                    extra={"fields": {"job_id": job_id, "tenant_id": job.tenant_id}},
+                )
+                return None
             status = next_status(job) if job.status == "queued" else job.status
             res = s.execute(
                 update(Job)
@@ -189,6 +197,66 @@ class JobService:
             )
             return None
         return job
+
+    def _defer_start(self, s: Session, job: Job, now: datetime) -> bool:
+        """Whether a queued job must wait because its tenant has its running jobs' limit.
+
+        A waiting job stays queued in stage `waiting`, marked enqueued without a message (as
+        `wait` does): the finish of one of the tenant's jobs sends it again (`start_waiting`),
+        and should that message be lost, the reconciler's lost-message rule does.
+        """
+        if job.status != JobStatus.queued.value or job.kind not in QUOTA_KINDS:
+            return False
+        cap = tenant_limits(s, self.settings, job.tenant_id).max_running_jobs
+        if not cap:
+            return False
+        lock_tenant(s, job.tenant_id)  # held until this claim commits: one start at a time
+        if count_jobs(s, job.tenant_id, running=True) < cap:
+            return False
+        s.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.segment == job.segment,
+                Job.status == JobStatus.queued.value,
+                Job.lease_owner.is_(None),
+            )
+            .values(enqueued_at=now, **self._waiting_values(job, now))
+        )
+        return True
+
+    @staticmethod
+    def _waiting_values(job: Job, now: datetime) -> dict[str, Any]:
+        # the stage tells the tenant why the job has not started; a job put back again
+        # changes nothing they can see, so followers get no event for it
+        if job.stage == WAITING_STAGE:
+            return {}
+        return {"stage": WAITING_STAGE, "updated_at": now, "version": Job.version + 1}
+
+    def start_waiting(self, tenant_id: str) -> list[str]:
+        """Send the tenant's oldest waiting jobs, as many as it has running slots free."""
+        with session_scope(self.db_url) as s:
+            cap = tenant_limits(s, self.settings, tenant_id).max_running_jobs
+            if not cap:
+                return []
+            free = cap - count_jobs(s, tenant_id, running=True)
+            if free <= 0:
+                return []
+            waiting = s.scalars(
+                select(Job.id)
+                .where(
+                    Job.tenant_id == tenant_id,
+                    Job.status == JobStatus.queued.value,
+                    Job.stage == WAITING_STAGE,  # the others' messages are on their way
+                    Job.kind.in_(QUOTA_KINDS),
+                    Job.lease_owner.is_(None),
+                )
+                .order_by(Job.created_at, Job.id)
+                .limit(free)
+            ).all()
+        for job_id in waiting:
+            self.dispatch(job_id)
+        return list(waiting)
 
     def heartbeat(
         self, job_id: str, owner: str, progress: float | None = None, stage: str | None = None
@@ -331,6 +399,11 @@ class JobService:
         log.info("job %s", status, extra={"fields": {"job_id": job_id, "error": error}})
         if delivery_id:
             self.celery.send_task("talkinghead.webhook", args=[delivery_id])
+        if job.kind in QUOTA_KINDS:
+            try:
+                self.start_waiting(job.tenant_id)  # a running slot may have come free
+            except Exception:  # the reconciler's lost-message rule sends them later
+                log.warning("could not start the tenant's waiting jobs", exc_info=True)
         return True
 
     def cancel(self, job_id: str) -> bool:

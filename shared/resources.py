@@ -5,6 +5,17 @@ from __future__ import annotations
 from shared import schemas
 from shared.db.models import Avatar, Job, Render
 
+# The stage of a finished render's job once retention takes its objects: `expiring` while they
+# are removed, `expired` after. The status (done, failed) stays, so the outcome is still told.
+RENDER_EXPIRING = "expiring"
+RENDER_EXPIRED = "expired"
+EXPIRED_STAGES = (RENDER_EXPIRING, RENDER_EXPIRED)
+
+
+def render_expired(job: Job) -> bool:
+    """Whether retention removed, or is removing, the render's objects."""
+    return job.stage in EXPIRED_STAGES
+
 
 def job_error(job: Job) -> dict[str, str] | None:
     """The job's error as `{code, message}`, if it failed."""
@@ -38,7 +49,8 @@ def avatar_view(avatar: Avatar, job: Job) -> schemas.Avatar:
 
 def render_view(render: Render, job: Job, base_url: str) -> schemas.Render:
     """The public representation of a render; the video URL is API-served."""
-    video_url = f"{base_url}/v1/renders/{render.id}/video" if job.status == "done" else None
+    served = job.status == "done" and not render_expired(job)
+    video_url = f"{base_url}/v1/renders/{render.id}/video" if served else None
     return schemas.Render(
         id=render.id,
         avatar_id=render.avatar_id,

@@ -58,6 +58,20 @@ WEBHOOK_DELIVERIES = Counter(
 RECONCILER_ACTIONS = Counter(
     "th_reconciler_actions_total", "Jobs the reconciler re-enqueued, by reason", ["reason"]
 )
+REFUSED_REQUESTS = Counter(
+    "th_api_refused_requests_total",
+    "API requests refused by a tenant limit, by reason (rate_limit, queued_jobs)",
+    ["reason"],
+)
+RATE_LIMITER_ERRORS = Counter(
+    "th_rate_limiter_errors_total",
+    "Rate-limit checks that could not reach Redis (the request was let through)",
+)
+JOB_DEFERRALS = Counter(
+    "th_job_deferrals_total",
+    "Job starts put back in the queue because the tenant had its running jobs' limit",
+    ["kind"],
+)
 RENDER_FRAMES = Counter("th_render_frames_total", "Frames rendered by render workers (any backend)")
 RENDER_FIRST_FRAME = Histogram(
     "th_render_first_frame_seconds",
@@ -166,6 +180,9 @@ def iter_metric_names() -> Iterator[str]:
         STAGE_DURATION,
         WEBHOOK_DELIVERIES,
         RECONCILER_ACTIONS,
+        REFUSED_REQUESTS,
+        RATE_LIMITER_ERRORS,
+        JOB_DEFERRALS,
         JOBS_BY_STATE,
         QUEUE_DEPTH,
         OLDEST_QUEUED_AGE,

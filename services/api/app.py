@@ -17,6 +17,7 @@ from services.api.errors import install_error_handlers, route_methods
 from services.api.middleware import RequestContextMiddleware
 from services.api.monitoring import redis_client
 from services.api.openapi import install_openapi
+from services.api.ratelimit import RateLimiter
 from services.api.routes import avatars, health, keys, renders, uploads
 from shared.config import Settings, load_settings
 from shared.db.migrate import upgrade
@@ -36,8 +37,13 @@ documents (`type`, `title`, `status`, `detail`, `code`); the `code` values are s
 `unauthorized`, `not_found`, `validation_error`, `consent_required`, `unknown_field`,
 `empty_file`, `unsupported_media_type`, `file_too_large`, `request_too_large`,
 `idempotency_key_reused`, `callback_url_forbidden`, `metadata_too_large`, `avatar_not_ready`,
-`render_not_done`, `upload_not_found`, `upload_incomplete`, `range_not_satisfiable`,
-`method_not_allowed`, `client_disconnected`, `internal_error`.
+`render_not_done`, `render_expired`, `upload_not_found`, `upload_incomplete`,
+`range_not_satisfiable`, `method_not_allowed`, `client_disconnected`, `rate_limited`,
+`too_many_queued_jobs`, `internal_error`.
+
+Each tenant has limits: a request rate (429 `rate_limited` past it) and a number of queued
+jobs (429 `too_many_queued_jobs` for a new avatar or render past it); both answers carry a
+`Retry-After` header in whole seconds.
 """
 
 
@@ -61,6 +67,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     client = app.state.redis
     if client is not None:
         client.close()
+    if app.state.rate_limiter is not None:
+        app.state.rate_limiter.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,9 +88,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
-    app.state.store = build_store(settings)
+    # No retry budget: a request fails fast with a 503 the client retries, not hangs.
+    app.state.store = build_store(settings, retry_s=0.0)
     app.state.jobs = JobService(settings, celery_app)
     app.state.redis = redis_client(settings.redis_url) if settings.redis_url else None
+    # Without Redis (the tests' in-memory broker) there is no shared bucket: no rate limit.
+    app.state.rate_limiter = (
+        RateLimiter.from_url(settings.redis_url) if settings.redis_url else None
+    )
 
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

@@ -11,11 +11,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.api.errors import ApiError
+from services.api.ratelimit import RateLimiter
 from services.api.threads import run_in_budget
 from shared.config import Settings
 from shared.jobs import JobService
+from shared.limits import TenantLimits, tenant_limits
 from shared.storage import ObjectStore
-from shared.tenants import authenticate
+from shared.tenants import authenticate, hash_key
 
 MAX_KEY_LENGTH = 256
 
@@ -91,19 +93,29 @@ def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
-    """Authenticate the bearer API key; 401 when missing, unknown or revoked."""
+    """Authenticate the bearer API key (401 if missing, unknown or revoked); count it (429)."""
     if credentials is None:
         raise unauthorized("missing bearer API key")
     token = credentials.credentials
     if len(token) > MAX_KEY_LENGTH or not token.isascii() or not token.isprintable():
         raise unauthorized("invalid API key", "invalid_token")
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    limits: TenantLimits | None = None
+    digest = hash_key(token)
+    if limiter is not None and (known := limiter.tenant_of(digest)) is not None:
+        request.state.tenant_id = known
+        limiter.check_empty(known)  # a flooding tenant's 429 before any lookup
     # a short session of its own: streaming uploads must not hold a connection for minutes
     with _sessions(request)() as session:
         key = authenticate(session, token)
         if key is None:
             raise unauthorized("invalid or revoked API key", "invalid_token")
         principal = Principal(key_id=key.id, tenant_id=key.tenant_id)
+        if limiter is not None:
+            limits = tenant_limits(session, request.app.state.settings, principal.tenant_id)
     request.state.tenant_id = principal.tenant_id
+    if limiter is not None and limits is not None:
+        limiter.check(principal.tenant_id, limits, digest)  # after the session: none held
     return principal
 
 

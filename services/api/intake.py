@@ -26,6 +26,7 @@ from services.api.errors import ApiError, validation_error
 from services.api.media import SNIFF_BYTES, MediaKind, SniffedStream, check_head
 from services.api.multipart import FormSpec, StreamingForm
 from services.api.queries import find_avatar, find_render, not_found
+from services.api.quotas import check_queued_quota
 from shared import schemas
 from shared.config import Settings
 from shared.db.models import (
@@ -581,6 +582,8 @@ class _Commit(Generic[M, R, V]):
 
     def _insert(self, session: Session) -> tuple[V, Job]:
         kind = self.kind
+        # the deciding check, under the tenant's lock until this transaction commits
+        check_queued_quota(session, kind.intake.settings, kind.intake.tenant_id, lock=True)
         kind.check_insert(session, self.body)
         key = self.written_key
         if self.upload_id is not None:
@@ -660,6 +663,17 @@ def dispatch_job(jobs: JobService, job_id: str) -> None:
         log.warning("could not enqueue job %s", job_id, exc_info=True)
 
 
+def check_quota_first(kind: ResourceIntake[M, R, V], idempotency_key: str | None) -> None:
+    """429 for a full queue before any file is read (the insert checks again, locked).
+
+    Not for a request with an Idempotency-Key: it may repeat one that was accepted, and
+    should get that resource back rather than a 429.
+    """
+    if idempotency_key is None:
+        with kind.intake.sessions() as session:
+            check_queued_quota(session, kind.intake.settings, kind.intake.tenant_id, lock=False)
+
+
 def create_from_form(
     kind: ResourceIntake[M, R, V],
     chunks: Iterable[bytes],
@@ -668,6 +682,7 @@ def create_from_form(
 ) -> Created[V]:
     """Create from a multipart body, its one file streamed into the store as it arrives."""
     kind.check_first()
+    check_quota_first(kind, idempotency_key)
     intake = kind.intake
     resource_id = new_id(kind.prefix)
     form = StreamingForm(chunks, boundary, kind.form)
@@ -707,6 +722,7 @@ def create_from_json(
 ) -> Created[V]:
     """Create from a JSON body naming an upload that holds the file."""
     kind.check_first()
+    check_quota_first(kind, idempotency_key)
     body = kind.accept(parse_json_body(kind.body, raw))
     media = kind.upload_media(body.upload_id)
     if media is not None:  # no such upload: claiming it below answers 404

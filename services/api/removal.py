@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from services.api.queries import get_avatar, get_render, not_found
 from shared.db.models import Avatar, IdempotencyRecord, Job, Render, utcnow
-from shared.exports import export_prefix
 from shared.jobs import TERMINAL, JobService
-from shared.storage import ObjectStore, tenant_key
+from shared.objects import Owned, avatar_objects, remove_owned, render_objects
+from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +23,7 @@ class _Doomed:
 
     resource_ids: list[str]
     live_job_ids: list[str]
-    prefixes: list[str]
-    keys: list[str]  # objects outside the prefixes, e.g. files that came through an upload
-
-
-def _prefix(tenant_id: str, kind: str, resource_id: str) -> str:
-    return tenant_key(tenant_id, kind, resource_id) + "/"
-
-
-def _outside(key: str | None, prefixes: list[str]) -> list[str]:
-    return [key] if key and not any(key.startswith(p) for p in prefixes) else []
-
-
-def _render_parts(tenant_id: str, render: Render) -> tuple[str, list[str]]:
-    prefix = _prefix(tenant_id, "renders", render.id)
-    keys = _outside(render.audio_key, [prefix]) + _outside(render.video_key, [prefix])
-    return prefix, keys
+    objects: Owned
 
 
 def _carry_out(
@@ -76,10 +61,7 @@ def _carry_out(
         )
     )
     session.commit()
-    for prefix in doomed.prefixes:
-        store.delete_prefix(prefix)
-    for key in doomed.keys:
-        store.delete(key)
+    remove_owned(store, doomed.objects)
 
 
 def delete_avatar(
@@ -92,17 +74,13 @@ def delete_avatar(
         .join(Job, Job.resource_id == Render.id)
         .where(Render.avatar_id == avatar.id, Render.deleted_at.is_(None))
     ).all()
-    prefixes = [_prefix(tenant_id, "avatars", avatar.id), export_prefix(avatar.id)]
-    keys = _outside(avatar.source_key, prefixes)
+    objects = avatar_objects(avatar)
     for render, _ in renders:
-        prefix, render_keys = _render_parts(tenant_id, render)
-        prefixes.append(prefix)
-        keys += render_keys
+        objects.add(render_objects(render))
     doomed = _Doomed(
         resource_ids=[avatar.id, *(r.id for r, _ in renders)],
         live_job_ids=[j.id for j in (job, *(j for _, j in renders)) if j.status not in TERMINAL],
-        prefixes=prefixes,
-        keys=keys,
+        objects=objects,
     )
     _carry_out(session, store, jobs, Avatar, tenant_id, avatar.id, doomed)
 
@@ -112,11 +90,9 @@ def delete_render(
 ) -> None:
     """Cancel the render's job, hide it, delete its objects."""
     render, job = get_render(session, tenant_id, render_id)
-    prefix, keys = _render_parts(tenant_id, render)
     doomed = _Doomed(
         resource_ids=[render.id],
         live_job_ids=[job.id] if job.status not in TERMINAL else [],
-        prefixes=[prefix],
-        keys=keys,
+        objects=render_objects(render),
     )
     _carry_out(session, store, jobs, Render, tenant_id, render.id, doomed)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -77,6 +78,8 @@ class JobStatus(str, enum.Enum):
 TERMINAL_STATUSES = frozenset(
     {JobStatus.ready, JobStatus.done, JobStatus.failed, JobStatus.cancelled}
 )
+# The same, as the SQL condition of the partial index on unfinished jobs.
+ACTIVE_JOB_SQL = "status NOT IN ('ready', 'done', 'failed', 'cancelled')"
 
 
 class Base(DeclarativeBase):
@@ -94,6 +97,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The operator's overrides of the default limits (shared/limits.py); None: all defaults.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class ApiKey(Base):
@@ -184,6 +189,18 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(80), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    # Tenant quotas count a tenant's unfinished jobs on every submission and job start; a
+    # partial index keeps that cheap however many finished jobs the table holds.
+    __table_args__ = (
+        Index(
+            "ix_jobs_tenant_active",
+            "tenant_id",
+            "status",
+            postgresql_where=text(ACTIVE_JOB_SQL),
+            sqlite_where=text(ACTIVE_JOB_SQL),
+        ),
+    )
 
 
 class Artifact(Base):

@@ -47,7 +47,7 @@ from shared.db.models import Avatar, Job
 from shared.resources import avatar_view
 
 V = TypeVar("V", bound=BaseModel)
-router = APIRouter(prefix="/v1/avatars", tags=["avatars"], responses=problems(401, 422))
+router = APIRouter(prefix="/v1/avatars", tags=["avatars"], responses=problems(401, 422, 429))
 
 AvatarId = Annotated[str, Path(max_length=40, description="The avatar's id (`av_...`).")]
 IdempotencyKey = Annotated[

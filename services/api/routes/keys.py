@@ -14,7 +14,7 @@ from shared import schemas
 from shared.db.models import ApiKey
 from shared.tenants import issue_key, revoke_key
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problems(401, 422))
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problems(401, 422, 429))
 
 KeyId = Annotated[str, Path(max_length=40, description="The key's id (`key_...`).")]
 

@@ -27,10 +27,10 @@ from services.api.removal import delete_render
 from services.api.routes.avatars import EVENT_STREAM, AvatarId, IdempotencyKey, create_resource
 from shared import schemas
 from shared.db.models import Job, JobStatus
-from shared.resources import render_view
+from shared.resources import render_expired, render_view
 from shared.storage import ObjectNotFound
 
-router = APIRouter(tags=["renders"], responses=problems(401, 422))
+router = APIRouter(tags=["renders"], responses=problems(401, 422, 429))
 
 RenderId = Annotated[str, Path(max_length=40, description="The render's id (`rn_...`).")]
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.ASCII | re.IGNORECASE)
@@ -148,7 +148,7 @@ def delete_render_route(
     "/v1/renders/{render_id}/video",
     response_class=StreamingResponse,
     operation_id="getRenderVideo",
-    responses={**VIDEO_RESPONSES, **problems(404, 409, 416)},
+    responses={**VIDEO_RESPONSES, **problems(404, 409, 410, 416)},
 )
 def render_video(
     render_id: RenderId,
@@ -164,8 +164,15 @@ def render_video(
         bool, Query(description="Redirect to a presigned URL where the store offers one.")
     ] = False,
 ) -> Response:
-    """The finished video (H.264 + AAC mp4); single byte ranges are supported."""
+    """The finished video (H.264 + AAC mp4); single byte ranges are supported.
+
+    410 `render_expired` once the retention period removed it (the render itself stays listed).
+    """
     render, job = get_render(session, principal.tenant_id, render_id)
+    if render_expired(job):
+        raise ApiError(
+            410, "render_expired", "the video passed its retention period and was removed"
+        )
     if job.status != JobStatus.done.value or render.video_key is None:
         raise ApiError(409, "render_not_done", f"the render is {job.status}")
     key = render.video_key

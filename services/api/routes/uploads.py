@@ -15,7 +15,7 @@ from shared import schemas
 from shared.db.models import Upload, new_id
 from shared.storage import tenant_key
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=problems(401, 422))
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=problems(401, 422, 429))
 
 UploadId = Annotated[str, Path(max_length=40, description="The upload's id (`up_...`).")]
 
