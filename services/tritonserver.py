@@ -62,6 +62,7 @@ class TritonServer:
         self.workspace: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
+        self._generated = False  # the repository lives in the workspace: remade by a restart
 
     @property
     def http_url(self) -> str:
@@ -87,9 +88,10 @@ class TritonServer:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
         shutil.copy2(stub, server / "backends" / "python" / "triton_python_backend_stub")
-        if self.repository is None:  # generated from the registry, as in the images
+        if self.repository is None or self._generated:  # from the registry, as in the images
             self.repository = self.workspace / "models"
             write_repository(self.repository, self.models)
+            self._generated = True
         libs = [
             str(sysconfig.get_config_var("LIBDIR")),
             str(tree.parent.parent / "nvidia_pytriton.libs"),
@@ -146,7 +148,7 @@ class TritonServer:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL after 30 s; removes the workspace."""
+        """SIGTERM, then SIGKILL after 30 s; drops the workspace (start() reuses the ports)."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     )
     triton_url: str = Field("127.0.0.1:8000", description="host:port of Triton (HTTP or gRPC).")
     triton_protocol: Literal["http", "grpc"] = "http"
+    triton_retry_s: float = Field(
+        60.0, ge=0, description="How long a render batch is retried while Triton is away."
+    )
     avatar_cache_size: int = Field(4, ge=1, description="Avatars kept loaded per renderer.")
     avatar_revalidate_s: float = Field(
         30.0,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -11,6 +13,13 @@ from services.renderer.avatars import AvatarCache
 from shared.config import Settings
 from shared.storage import ObjectStore
 from talkinghead.export.artifact import ArtifactError
+
+log = logging.getLogger(__name__)
+
+# What a Triton server says while it is away or still loading its models after a restart:
+# worth retrying. Anything else (a bad input, a model that failed) fails the batch at once.
+_TRANSIENT = ("unavailable", "not ready", "connection", "socket", "refused", "reset", "timed out",
+              "unknown model", "not found", "broken pipe", "eof")  # fmt: skip
 
 
 class RenderBackendError(RuntimeError):
@@ -56,10 +65,15 @@ class TritonBackend:
     """Frames from a Triton server's renderer models (one per family), over HTTP or gRPC."""
 
     def __init__(
-        self, url: str, protocol: Literal["http", "grpc"] = "http", timeout_s: float = 120.0
+        self,
+        url: str,
+        protocol: Literal["http", "grpc"] = "http",
+        timeout_s: float = 120.0,
+        retry_s: float = 60.0,
     ) -> None:
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self.retry_s = retry_s  # how long a batch is retried while the server is away
         self.client: Any
         if protocol == "grpc":
             import tritonclient.grpc as grpcclient
@@ -98,15 +112,20 @@ class TritonBackend:
                 raise RenderBackendError(f"input {name!r} has dtype {array.dtype}, not servable")
             tensors.append(self._input(triton_input_name(name), array, dtype))
         outputs = [self._mod.InferRequestedOutput("RGBA")]
-        try:
+
+        def infer() -> Any:
             if self.protocol == "grpc":
-                result = self.client.infer(
+                return self.client.infer(
                     family, tensors, outputs=outputs, client_timeout=self.timeout_s
                 )
-            else:
-                result = self.client.infer(family, tensors, outputs=outputs)
+            return self.client.infer(family, tensors, outputs=outputs)
+
+        try:
+            result = retry_transient(infer, self.retry_s, f"Triton {family}")
         except InferenceServerException as exc:
             raise RenderBackendError(f"Triton {family}: {exc.message()}") from exc
+        except OSError as exc:
+            raise RenderBackendError(f"Triton {family} unreachable: {exc}") from exc
         rgba: np.ndarray = result.as_numpy("RGBA")
         return rgba
 
@@ -115,10 +134,37 @@ class TritonBackend:
         self.client.close()
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Triton call failed because the server is away or restarting."""
+    if isinstance(exc, OSError):  # refused, reset, unreachable: the server is not there
+        return True
+    text = str(getattr(exc, "message", lambda: "")() or exc).lower()
+    return any(word in text for word in _TRANSIENT)
+
+
+def retry_transient(
+    call: Callable[[], Any], budget_s: float, what: str, backoff_s: float = 0.5
+) -> Any:
+    """`call()`, retried with doubling backoff (to 5 s) while it fails transiently, `budget_s`."""
+    deadline = time.monotonic() + budget_s
+    wait = backoff_s
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
+
+
 def build_backend(settings: Settings, store: ObjectStore) -> FrameBackend:
     """The backend the settings name (`TH_RENDER_BACKEND`)."""
     if settings.render_backend == "triton":
-        return TritonBackend(settings.triton_url, settings.triton_protocol)
+        return TritonBackend(
+            settings.triton_url, settings.triton_protocol, retry_s=settings.triton_retry_s
+        )
     cache = AvatarCache(
         store, settings.avatar_cache_size, revalidate_s=settings.avatar_revalidate_s
     )
