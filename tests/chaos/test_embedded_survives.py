@@ -77,6 +77,9 @@ def test_a_killed_redis_is_restarted_and_the_worker_reconnects(
 
     wait_for(not_ready, 30, "/readyz to report the broker outage")
     assert httpx.get(f"{stack.base_url}/healthz", timeout=5).status_code == 200
+    with TalkingHeadClient(stack.base_url, key) as client:  # reads need no broker
+        avatars = list(client.list_avatars())
+        assert avatars and client.get_avatar(avatars[0]["id"])["status"] == "failed"
     _supervise_until(stack, "redis")
     assert stack.redis_url == port  # same URL: clients reconnect to it
     wait_for(
