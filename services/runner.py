@@ -21,6 +21,7 @@ from shared.config import Settings, get_settings
 from shared.db.models import Artifact, Avatar, Job, Render
 from shared.db.session import session_scope
 from shared.jobs import JobError, JobGone, JobService, JobWaiting, StepResult
+from shared.outages import BROKER, DATABASE, ServiceUnavailable, outage_of, retry_through_outage
 from shared.queue import celery_app
 from shared.storage import ObjectStore, build_store
 from shared.telemetry import TASK_DURATION, job_id_var
@@ -128,6 +129,10 @@ class JobContext:
         """Store a file and record it; re-running the step replaces, never duplicates."""
         self.check()
         size = self.store.put_file(key, path, content_type=content_type)
+        # Verify before recording: a later stage trusts what the artifact row says.
+        stored = self.store.size(key)
+        if stored != size:
+            raise RuntimeError(f"{key}: stored {stored} bytes of {size}")
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -155,6 +160,51 @@ class JobContext:
 
 
 StepBody = Callable[[JobContext], StepResult]
+_DB_AND_BROKER = frozenset({DATABASE, BROKER})
+
+
+def _run_body(body: StepBody, job: Job, owner: str, jobs: JobService) -> StepResult:
+    """Run the step; while the database or broker is briefly away, again from its checkpoint.
+
+    Steps are idempotent by job id, so a rerun of a half-done step is safe; the lease stays
+    ours meanwhile (if the reconciler takes it over, the next heartbeat says JobGone).
+    """
+    settings = jobs.settings
+
+    def attempt() -> StepResult:
+        with JobContext(job, owner, jobs, build_store(settings)) as ctx:
+            result = body(ctx)
+            ctx.check()
+            return result
+
+    return retry_through_outage(
+        attempt,
+        settings.outage_retry_s,
+        settings.outage_backoff_s,
+        only=_DB_AND_BROKER,
+        what=f"step {job.segment} of job {job.id}",
+    )
+
+
+def _record(call: Callable[[], bool], settings: Settings) -> bool:
+    """Record a step's outcome, riding through a database outage.
+
+    A broker outage after the commit only delays the next message: the reconciler sends
+    jobs that were never enqueued, and webhook deliveries that are due.
+    """
+    try:
+        return retry_through_outage(
+            call,
+            settings.outage_retry_s,
+            settings.outage_backoff_s,
+            only=frozenset({DATABASE}),
+            what="record the step's outcome",
+        )
+    except Exception as exc:
+        if outage_of(exc) != BROKER:
+            raise
+        log.warning("outcome recorded; its message waits for the reconciler (broker away)")
+        return True
 
 
 def worker_owner(task: Task) -> str:
@@ -177,21 +227,31 @@ def run_step(
     started = time.perf_counter()
     outcome = "skipped"
     try:
-        job = jobs.claim(job_id, step, owner)
+        job = retry_through_outage(
+            lambda: jobs.claim(job_id, step, owner),
+            settings.outage_retry_s,
+            settings.outage_backoff_s,
+            only=frozenset({DATABASE}),
+            what=f"claim job {job_id}",
+        )
         if job is None:
             return outcome
         try:
-            with JobContext(job, owner, jobs, build_store(settings)) as ctx:
-                result = body(ctx)
-                ctx.check()
-            outcome = "ok" if jobs.complete_step(job, owner, result) else "lost"
+            result = _run_body(body, job, owner, jobs)
+            done = _record(lambda: jobs.complete_step(job, owner, result), settings)
+            outcome = "ok" if done else "lost"
         except JobGone:
             outcome = "gone"
         except JobWaiting:
             jobs.wait(job_id, owner)
             outcome = "waiting"
-        except JobError as exc:
-            jobs.finish(job_id, "failed", owner=owner, step=step, error=(exc.code, exc.message))
+        except (JobError, ServiceUnavailable) as exc:
+            # ServiceUnavailable: an outage outlasted its retry budget; a code, not a traceback.
+            error = (exc.code, exc.message if isinstance(exc, JobError) else str(exc))
+            _record(
+                lambda: jobs.finish(job_id, "failed", owner=owner, step=step, error=error),
+                settings,
+            )
             outcome = "failed"
         except Exception as exc:
             log.exception("step crashed")

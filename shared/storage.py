@@ -7,10 +7,10 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -18,11 +18,15 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
+from shared.outages import STORAGE, retry_through_outage
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
     from shared.config import Settings
+
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 S3_MIN_PART_BYTES = 5 * MIB
@@ -382,12 +386,17 @@ class S3ObjectStore(ObjectStore):
         access_key: str,
         secret_key: str,
         multipart_threshold: int = 8 * MIB,
+        retry_s: float = 0.0,
+        backoff_s: float = 0.5,
     ) -> None:
         if multipart_threshold < S3_MIN_PART_BYTES:
             raise ValueError(f"multipart_threshold must be at least {S3_MIN_PART_BYTES} bytes")
         self.bucket = bucket
         self.region = region
         self.multipart_threshold = multipart_threshold
+        # How long a call rides through an unreachable store before StorageUnavailable.
+        self.retry_s = retry_s
+        self.backoff_s = backoff_s
         self._client_args = {
             "endpoint_url": endpoint_url,
             "region_name": region,
@@ -430,8 +439,23 @@ class S3ObjectStore(ObjectStore):
             config=config,
         )
 
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """`call`, retried while the store is unreachable for up to `retry_s` seconds.
+
+        Every call retried here is idempotent: a whole-object PUT, a GET into a temp file
+        renamed on success, a HEAD, a LIST or a DELETE.
+        """
+        if self.retry_s <= 0:
+            return call()
+        return retry_through_outage(
+            call, self.retry_s, self.backoff_s, only=frozenset({STORAGE}), what=what
+        )
+
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists."""
+        self._retry("ensure bucket", self._ensure_bucket)
+
+    def _ensure_bucket(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return
@@ -453,23 +477,31 @@ class S3ObjectStore(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> int:
         """Store `data` under `key`; returns its size."""
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=_validate_key(key),
-            Body=data,
-            ContentType=content_type or DEFAULT_CONTENT_TYPE,
+        _validate_key(key)
+        self._retry(
+            f"put {key}",
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type or DEFAULT_CONTENT_TYPE,
+            ),
         )
         return len(data)
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> int:
         """Store the file at `path` under `key` (multipart above the threshold)."""
         size = Path(path).stat().st_size
-        self.client.upload_file(
-            str(path),
-            self.bucket,
-            _validate_key(key),
-            ExtraArgs={"ContentType": content_type or DEFAULT_CONTENT_TYPE},
-            Config=self.transfer_config,
+        _validate_key(key)
+        self._retry(
+            f"put {key}",
+            lambda: self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type or DEFAULT_CONTENT_TYPE},
+                Config=self.transfer_config,
+            ),
         )
         return size
 
@@ -543,10 +575,15 @@ class S3ObjectStore(ObjectStore):
 
     def get_bytes(self, key: str) -> bytes:
         """The whole object."""
-        with _missing_as_not_found(key):
-            response = self.client.get_object(Bucket=self.bucket, Key=_validate_key(key))
-        with contextlib.closing(response["Body"]) as body:
-            return body.read()
+        _validate_key(key)
+
+        def read() -> bytes:
+            with _missing_as_not_found(key):
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+            with contextlib.closing(response["Body"]) as body:
+                return body.read()
+
+        return self._retry(f"get {key}", read)
 
     def iter_range(
         self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 16
@@ -577,16 +614,25 @@ class S3ObjectStore(ObjectStore):
         """Copy the object to the local file `path` (ranged parallel GETs when large)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _missing_as_not_found(key):
-            self.client.download_file(
-                self.bucket, _validate_key(key), str(target), Config=self.transfer_config
-            )
+        _validate_key(key)
+
+        def fetch() -> None:
+            with _missing_as_not_found(key):
+                self.client.download_file(
+                    self.bucket, key, str(target), Config=self.transfer_config
+                )
+
+        self._retry(f"get {key}", fetch)
 
     def size(self, key: str) -> int:
         """Size in bytes; ObjectNotFound when missing."""
-        with _missing_as_not_found(key):
-            head = self.client.head_object(Bucket=self.bucket, Key=_validate_key(key))
-        return head["ContentLength"]
+        _validate_key(key)
+
+        def head() -> int:
+            with _missing_as_not_found(key):
+                return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+
+        return self._retry(f"head {key}", head)
 
     def exists(self, key: str) -> bool:
         """Whether the key exists."""
@@ -598,7 +644,8 @@ class S3ObjectStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         """Delete the key; no error when it is missing."""
-        self.client.delete_object(Bucket=self.bucket, Key=_validate_key(key))
+        _validate_key(key)
+        self._retry(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key starting with `prefix`, abort its pending uploads; returns the count."""
@@ -632,11 +679,15 @@ class S3ObjectStore(ObjectStore):
     def list(self, prefix: str) -> list[str]:
         """Keys starting with `prefix`, sorted."""
         _validate_key(prefix, allow_prefix=True)
-        keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return sorted(keys)
+
+        def listing() -> list[str]:
+            keys: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+            return sorted(keys)
+
+        return self._retry(f"list {prefix}", listing)
 
     def presign_get(self, key: str, expires_in: int) -> str | None:
         """A presigned GET URL valid for `expires_in` seconds."""
@@ -677,8 +728,8 @@ class S3ObjectStore(ObjectStore):
         self._ping_client.head_bucket(Bucket=self.bucket)
 
 
-def build_store(settings: Settings) -> ObjectStore:
-    """The object store the settings describe."""
+def build_store(settings: Settings, retry_s: float | None = None) -> ObjectStore:
+    """The object store the settings describe; `retry_s` overrides TH_STORAGE_RETRY_S."""
     if settings.storage_backend == "s3":
         return S3ObjectStore(
             bucket=settings.s3_bucket,
@@ -687,6 +738,8 @@ def build_store(settings: Settings) -> ObjectStore:
             access_key=settings.s3_access_key or "",
             secret_key=settings.s3_secret_key or "",
             multipart_threshold=settings.s3_multipart_threshold,
+            retry_s=settings.storage_retry_s if retry_s is None else retry_s,
+            backoff_s=settings.outage_backoff_s,
         )
     return LocalObjectStore(settings.local_storage_dir)
 

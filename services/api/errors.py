@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.outages import outage_errors, outage_of
 from shared.schemas import Problem
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -27,6 +28,7 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    410: "gone",
     413: "request_too_large",
     415: "unsupported_media_type",
     416: "range_not_satisfiable",
@@ -106,6 +108,20 @@ def _api_error(_: Request, exc: Exception) -> ProblemResponse:
     return problem_response(exc.status, exc.code, exc.detail, exc.headers)
 
 
+OUTAGE_RETRY_AFTER_S = 5
+
+
+def _outage(_: Request, exc: Exception) -> ProblemResponse:
+    """A backing service is away: 503 with a code and Retry-After, not a 500."""
+    service = outage_of(exc) or "service"
+    return problem_response(
+        503,
+        f"{service}_unavailable",
+        f"the {service} is briefly unreachable; retry shortly",
+        {"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+    )
+
+
 def route_methods(routes: Iterable[Any]) -> list[tuple[re.Pattern[str], set[str]]]:
     """Path patterns and their methods, collected once for `Allow` headers."""
     found = []
@@ -150,8 +166,25 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
+    for outage in outage_errors():
+        app.add_exception_handler(outage, _outage)
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before sending the request again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries documenting problem documents for `statuses`."""
-    return {status: {"model": Problem, "description": status_title(status)} for status in statuses}
+    return {
+        status: {
+            "model": Problem,
+            "description": status_title(status),
+            **({"headers": _RETRY_AFTER} if status == 429 else {}),
+        }
+        for status in statuses
+    }
