@@ -119,6 +119,22 @@ def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
         yield event or "message", "\n".join(data)
 
 
+RETRIES = 3  # times a GET or DELETE answered 429/503 with Retry-After is sent again
+MAX_RETRY_WAIT_S = 10.0  # longer waits are the caller's decision: the error is raised
+_RETRYABLE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before sending again, when a 429/503 says so and it is short enough."""
+    if response.status_code not in (429, 503):
+        return None
+    try:
+        wait = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return wait if 0 <= wait <= MAX_RETRY_WAIT_S else None
+
+
 class TalkingHeadClient:
     """Blocking client of one talkinghead API; every call returns plain JSON dicts."""
 
@@ -156,10 +172,19 @@ class TalkingHeadClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {exc}") from exc
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {exc}") from exc
+            wait = _retry_after(response) if method in _RETRYABLE_METHODS else None
+            if wait is None or attempt >= RETRIES:
+                break
+            # A rate limit or a brief outage: the server says when to come back. Requests
+            # with a body (uploads) are not re-sent: their stream has been read.
+            attempt += 1
+            time.sleep(wait)
         if response.status_code >= 400:
             raise _error_from_response(response)
         return response

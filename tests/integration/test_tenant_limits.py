@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from services.api.app import create_app
 from services.cli import app as cli
+from services.client import ApiError, TalkingHeadClient
 from shared.config import Settings
 from shared.db.migrate import upgrade
 from shared.db.models import Avatar, Job, JobStatus, Tenant, utcnow
@@ -162,6 +163,24 @@ def test_retry_after_says_when_the_next_request_passes_and_redis_is_asked_once(
     assert script_calls(broker) == calls
     waits = [assert_problem(answer, "rate_limited") for answer in later]
     assert waits == sorted(waits, reverse=True) and 1 <= waits[-1] <= retry_after
+
+
+def test_the_client_waits_out_a_rate_limit_on_reads_but_not_on_writes(
+    make_client: AppFactory, database: str
+) -> None:
+    app = make_client(tenant_requests_per_second=1.0, tenant_burst=1)
+    _, headers = new_tenant(database)
+    with TalkingHeadClient("http://testserver") as client:
+        app.headers.update(headers)
+        client._http = app  # the real app, in process (TestClient is an httpx.Client)
+        before = refused("rate_limit")
+        started = time.monotonic()
+        assert client.list_keys() and client.list_keys()  # the second one waited, then passed
+        assert time.monotonic() - started >= 0.5
+        assert refused("rate_limit") > before  # it was refused once on the way
+        with pytest.raises(ApiError) as info:  # a write is never sent twice by the client
+            client.create_key("x")
+        assert (info.value.status, info.value.code) == (429, "rate_limited")
 
 
 def test_a_tenant_without_a_rate_is_never_limited(make_client: AppFactory, database: str) -> None:
