@@ -86,11 +86,13 @@ def retry_through_outage(
     backoff_s: float = 0.5,
     only: frozenset[str] | None = None,
     what: str = "call",
+    classify: Callable[[BaseException], str | None] = outage_of,
 ) -> T:
     """Run `call`, retrying with doubling backoff while a service is away, for `budget_s`.
 
-    Only outages (of the services in `only`, default all) are retried; any other error
-    propagates at once. Past the budget, ServiceUnavailable names the service.
+    Only outages (as `classify` names them; of the services in `only`, default all) are
+    retried; any other error propagates at once. Past the budget, ServiceUnavailable names
+    the service.
     """
     started = time.monotonic()
     wait = backoff_s
@@ -98,7 +100,7 @@ def retry_through_outage(
         try:
             return call()
         except Exception as exc:
-            service = outage_of(exc)
+            service = classify(exc)
             if service is None or (only is not None and service not in only):
                 raise
             waited = time.monotonic() - started

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -11,10 +9,11 @@ import numpy as np
 
 from services.renderer.avatars import AvatarCache
 from shared.config import Settings
+from shared.outages import ServiceUnavailable, retry_through_outage
 from shared.storage import ObjectStore
 from talkinghead.export.artifact import ArtifactError
 
-log = logging.getLogger(__name__)
+TRITON = "triton"  # the service name in ServiceUnavailable past the retry budget
 
 # What a Triton server says while it is away or still loading its models after a restart:
 # worth retrying. Anything else (a bad input, a model that failed) fails the batch at once.
@@ -124,7 +123,7 @@ class TritonBackend:
             result = retry_transient(infer, self.retry_s, f"Triton {family}")
         except InferenceServerException as exc:
             raise RenderBackendError(f"Triton {family}: {exc.message()}") from exc
-        except OSError as exc:
+        except ServiceUnavailable as exc:
             raise RenderBackendError(f"Triton {family} unreachable: {exc}") from exc
         rgba: np.ndarray = result.as_numpy("RGBA")
         return rgba
@@ -145,18 +144,10 @@ def is_transient(exc: BaseException) -> bool:
 def retry_transient(
     call: Callable[[], Any], budget_s: float, what: str, backoff_s: float = 0.5
 ) -> Any:
-    """`call()`, retried with doubling backoff (to 5 s) while it fails transiently, `budget_s`."""
-    deadline = time.monotonic() + budget_s
-    wait = backoff_s
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + wait > deadline:
-                raise
-            log.warning("%s failed (%s); retrying in %.1f s", what, exc, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, 5.0)
+    """`call()`, retried with doubling backoff (to 5 s) while Triton is away, for `budget_s`."""
+    return retry_through_outage(
+        call, budget_s, backoff_s, what=what, classify=lambda e: TRITON if is_transient(e) else None
+    )
 
 
 def build_backend(settings: Settings, store: ObjectStore) -> FrameBackend:
