@@ -21,6 +21,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,34 +74,35 @@ def summary(times: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
+def run_jobs(
+    client: TalkingHeadClient, kind: str, submit: Callable[[], str], n: int, together: bool
+) -> list[str]:
+    """Submit n jobs (all at once, or each after the previous ended); their ids, all ended."""
+    success = "done" if kind == "render" else "ready"
+    ids = []
+    for _ in range(n):
+        ids.append(submit())
+        if not together:
+            done = client.wait(kind, ids[-1], timeout=3600)
+            assert done["status"] == success, done.get("error")
+    for rid in ids:
+        done = client.wait(kind, rid, timeout=3600)
+        assert done["status"] == success, done.get("error")
+    return ids
+
+
 def renders(
     client: TalkingHeadClient, avatar_id: str, audio: Path, n: int, together: bool
 ) -> list[str]:
-    """Submit n renders (all at once, or each after the previous finished); their ids."""
-    ids = []
-    for _ in range(n):
-        ids.append(client.create_render(avatar_id, audio)["id"])
-        if not together:
-            done = client.wait("render", ids[-1], timeout=1800)
-            assert done["status"] == "done", done.get("error")
-    for rid in ids:
-        done = client.wait("render", rid, timeout=3600)
-        assert done["status"] == "done", done.get("error")
-    return ids
+    """n renders of `audio` by the avatar."""
+    submit = lambda: client.create_render(avatar_id, audio)["id"]  # noqa: E731
+    return run_jobs(client, "render", submit, n, together)
 
 
 def builds(client: TalkingHeadClient, video: Path, n: int, together: bool) -> list[str]:
-    """Build n `tiny` avatars from `video`, at once or one after another; their ids."""
-    ids = []
-    for _ in range(n):
-        ids.append(client.create_avatar(video, consent=True, preset="tiny")["id"])
-        if not together:
-            done = client.wait("avatar", ids[-1], timeout=3600)
-            assert done["status"] == "ready", done.get("error")
-    for aid in ids:
-        done = client.wait("avatar", aid, timeout=3600)
-        assert done["status"] == "ready", done.get("error")
-    return ids
+    """n `tiny` avatars built from `video`."""
+    submit = lambda: client.create_avatar(video, consent=True, preset="tiny")["id"]  # noqa: E731
+    return run_jobs(client, "avatar", submit, n, together)
 
 
 def main() -> None:
