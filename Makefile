@@ -23,9 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -m "not system" $(PYTEST_ARGS)
 
-# Outages (servers stopped and started under running jobs): tests/chaos.
+# Outages (servers stopped and started under running jobs): tests/chaos. The images built
+# from deploy/docker/ and run as a stack by a dockerd of the tests' own: tests/images.
 test-system: setup
-	$(BIN)/python -m pytest -q -m system tests/chaos $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m system tests/chaos tests/images $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

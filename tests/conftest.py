@@ -10,6 +10,18 @@ import pytest
 from talkinghead.media import synth_face_video, synth_test_video, synth_tone
 from tests.fixtures.servers import postgres_database, redis_server
 
+# Tests that stop servers for seconds or build container images: `make test-system` runs
+# them, `make test` deselects the `system` marker.
+SYSTEM_DIRS = tuple(Path(__file__).resolve().parent / name for name in ("chaos", "images"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under SYSTEM_DIRS `system`."""
+    for item in items:
+        if any(d in Path(str(item.fspath)).resolve().parents for d in SYSTEM_DIRS):
+            item.add_marker(pytest.mark.system)
+
+
 pytest_plugins = [
     "tests.fixtures.seaweed",
     "tests.fixtures.avatars",

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # The REST API (`talkinghead serve`). Also runs the reconciler (`talkinghead reconciler`).
 ARG BASE_IMAGE=talkinghead/base:0.1.0
 FROM ${BASE_IMAGE}

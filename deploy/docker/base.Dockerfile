@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # The shared base of every talkinghead service image (api, ingest, preprocess, trainer,
 # renderer): Python 3.11, this package and its pinned dependencies in /opt/venv, ffmpeg,
 # tini, and a non-root user. Service images (deploy/docker/<service>.Dockerfile) add only
@@ -13,16 +12,25 @@ FROM ${PYTHON_IMAGE} AS builder
 # build on top of this base.
 ARG TORCH_VERSION=2.14.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Builds that reach no package index (air-gapped, or the project's image test): the URL of a
+# directory of wheels that holds every dependency and the build backend. pip then reads only
+# that (`--no-index --find-links`); unset, the indexes above and PyPI are used.
+ARG WHEELHOUSE_URL=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv && pip install --upgrade "pip==24.2"
+RUN python -m venv /opt/venv \
+ && pip install ${WHEELHOUSE_URL:+--no-index --find-links=$WHEELHOUSE_URL} --upgrade "pip==24.2"
 COPY deploy/docker/requirements/py311.txt /tmp/constraints.txt
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# torch is installed on its own (its own index, TORCH_VERSION); the lock follows that choice.
+RUN pip install --index-url "${TORCH_INDEX_URL}" \
+      ${WHEELHOUSE_URL:+--no-index --find-links=$WHEELHOUSE_URL} "torch==${TORCH_VERSION}" \
+ && sed -i "s/^torch==.*/torch==${TORCH_VERSION}/" /tmp/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY talkinghead /src/talkinghead
 COPY shared /src/shared
 COPY services /src/services
 # Not editable: the image needs no source tree, only the installed package.
-RUN pip install --constraint /tmp/constraints.txt /src
+RUN pip install ${WHEELHOUSE_URL:+--no-index --find-links=$WHEELHOUSE_URL} \
+      --constraint /tmp/constraints.txt /src
 
 # -- runtime: the venv plus the few system packages the code calls ---------------------------
 FROM ${PYTHON_IMAGE} AS runtime

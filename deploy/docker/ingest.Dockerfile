@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # CPU worker for the `ingest` queue (validate and normalise uploads) and the light `webhooks`
 # queue (signed deliveries to callback URLs).
 ARG BASE_IMAGE=talkinghead/base:0.1.0

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # CPU worker for the `preprocess` queue: face tracking, head pose, masks, background plate
 # and audio features (mediapipe, OpenCV, torch on CPU). One task per process: it uses the
 # cores it is given; scale with replicas.

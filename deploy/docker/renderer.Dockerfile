@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # CPU render worker for the `render` and `finish` queues: normalises the speech, computes features and
 # per-frame conditions, sends frames to Triton (which holds the renderers on the GPUs) and
 # encodes the mp4. TH_TRITON_URL must point at the Triton service.

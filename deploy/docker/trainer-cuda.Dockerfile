@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # GPU trainer: the trainer on the shared base with torch's CUDA build in place of the CPU
 # one (one GPU per container; `--concurrency 1`). The PyPI wheel bundles its CUDA runtime, so
 # only the NVIDIA driver comes from the host (NVIDIA container toolkit / k8s device plugin);

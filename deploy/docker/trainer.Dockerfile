@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # Trainer worker for the `train` queue on CPU (small presets, CI, clusters without GPUs);
 # trainer-cuda.Dockerfile is the GPU variant. One training segment at a time per process:
 # a segment is bounded (shorter than TH_VISIBILITY_TIMEOUT_S) and resumes from the last

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # NVIDIA Triton Inference Server with the talkinghead renderers (docs/serving.md): the official
 # image (24.10 = Triton 2.51, the server of the nvidia-pytriton wheel the tests run, with
 # Python 3.10 for the python backend) plus torch and this package, and a model repository

@@ -227,3 +227,19 @@ def test_triton_image_generates_its_model_repository_from_the_registry() -> None
     assert "RUN talkinghead triton-repo /models" in text
     assert text.index("ARG EXTRA_PACKAGES") < text.index("RUN talkinghead triton-repo")
     assert '"--load-model=*"' in text and "COPY triton_models" not in text
+
+
+def test_no_dockerfile_needs_a_pulled_frontend() -> None:
+    """A `# syntax=` line makes BuildKit pull its frontend image: builds without a registry fail."""
+    for path in DOCKER.glob("*.Dockerfile"):
+        first = path.read_text().lstrip().splitlines()[0]
+        assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE), path.name
+
+
+def test_every_pip_install_of_the_base_can_read_only_the_wheelhouse() -> None:
+    """With WHEELHOUSE_URL set, no install in the base image reaches for an index."""
+    parsed = dockerfile("base")
+    installs = [run for run in parsed.all("RUN") if "pip install" in run]
+    assert installs and "WHEELHOUSE_URL" in parsed.arg_defaults()
+    for run in installs:
+        assert run.count("pip install") == run.count("${WHEELHOUSE_URL:+--no-index"), run

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 import sqlalchemy.exc
 from botocore.exceptions import ClientError, EndpointConnectionError
+from fastapi.testclient import TestClient
 
+from services.api.app import create_app
+from shared.config import Settings
 from shared.outages import ServiceUnavailable, outage_of, retry_through_outage
+from tests.fixtures.servers import free_port
 
 
 def _wrapped(inner: Exception) -> RuntimeError:
@@ -74,3 +80,21 @@ def test_bugs_and_other_services_are_not_retried() -> None:
     with pytest.raises(redis.exceptions.ConnectionError):
         retry_through_outage(broker_down, budget_s=5, backoff_s=0.01, only=frozenset({"storage"}))
     assert calls == [1, 1]
+
+
+def test_the_api_answers_503_with_the_service_while_the_database_is_away(tmp_path: Path) -> None:
+    """An unreachable database is a 503 `database_unavailable` with Retry-After, never a 500."""
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
+        redis_url="",
+        storage_backend="local",
+        public_base_url="http://testserver",
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.get("/v1/avatars", headers={"Authorization": "Bearer th_some_key"})
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "database_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
