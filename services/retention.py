@@ -174,6 +174,9 @@ def sweep_expired(
     return counts
 
 
+SWEEP_STORAGE_RETRY_S = 3.0  # how long one sweep waits for an unreachable store
+
+
 class RetentionSchedule:
     """Runs `sweep_expired` every `retention_interval_s`, and at every call while behind."""
 
@@ -191,7 +194,10 @@ class RetentionSchedule:
         # set first, so a failing sweep (store away) waits a whole interval before retrying
         self._next = started + self.settings.retention_interval_s
         if self._store is None:
-            self._store = build_store(self.settings)
+            # A short budget: the reconciler runs this sweep between its own, and a store
+            # outage must not hold those up for TH_STORAGE_RETRY_S; the next sweep resumes.
+            budget = min(self.settings.storage_retry_s, SWEEP_STORAGE_RETRY_S)
+            self._store = build_store(self.settings, retry_s=budget)
         counts = sweep_expired(self.settings, self._store)
         if counts.backlog:
             self._next = started

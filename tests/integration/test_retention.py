@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,9 +19,10 @@ from services.retention import RetentionSchedule, SweepCounts, sweep_expired
 from shared.config import Settings
 from shared.db.models import Base, Job, Render, Upload, utcnow
 from shared.db.session import engine_for, session_scope
+from shared.outages import ServiceUnavailable
 from shared.storage import ObjectStore, build_store
 from tests.fixtures.seaweed import S3Server
-from tests.fixtures.servers import wait_for
+from tests.fixtures.servers import free_port, wait_for
 from tests.fixtures.tenant_data import DAY, Seeder, TenantData, migrated_postgres, s3_settings
 
 RETENTION = {"render_retention_s": 30 * 86400, "upload_retention_s": 7 * 86400}
@@ -213,4 +215,25 @@ def test_the_reconciler_runs_the_sweep(settings: Settings, store: ObjectStore) -
     finally:
         stop.set()
         thread.join(10)
+    assert not render_keys(t, old) & set(store.list(""))
+
+
+def test_a_store_outage_fails_the_sweep_fast_and_the_next_one_resumes(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """The reconciler's loop is not held for TH_STORAGE_RETRY_S while the store is away."""
+    seed = Seeder(settings, store, utcnow())
+    t = tenant(seed)
+    old = seed.render(t, seed.avatar(t), finished_ago=31 * DAY)
+    away = settings.model_copy(
+        update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}", "storage_retry_s": 60.0}
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as caught:
+        RetentionSchedule(away).run_if_due()
+    assert caught.value.code == "storage_unavailable"
+    assert time.monotonic() - started < 30.0  # the sweep's own budget, not the 60 s above
+    assert render_keys(t, old) <= set(store.list(""))  # nothing was lost meanwhile
+    assert RetentionSchedule(settings).run_if_due() == SweepCounts(renders=1, uploads=0)
+    assert job_of(settings, old).stage == "expired"
     assert not render_keys(t, old) & set(store.list(""))
