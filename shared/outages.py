@@ -104,8 +104,9 @@ def retry_through_outage(
             if service is None or (only is not None and service not in only):
                 raise
             waited = time.monotonic() - started
-            if waited + wait > budget_s:
+            if waited >= budget_s:  # the whole budget was tried, not one backoff less
                 raise ServiceUnavailable(service, waited, exc) from exc
-            log.warning("%s: the %s is unreachable, retrying in %.1fs", what, service, wait)
-            time.sleep(wait)
+            pause = min(wait, budget_s - waited)  # the last try lands at the budget's end
+            log.warning("%s: the %s is unreachable, retrying in %.1fs", what, service, pause)
+            time.sleep(pause)
             wait = min(wait * 2, MAX_BACKOFF_S)
