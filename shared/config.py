@@ -73,6 +73,18 @@ class Settings(BaseSettings):
         description="Sustained API requests per second per tenant; 0: no limit.",
     )
     tenant_burst: int = Field(100, ge=1, description="Requests a tenant may send at once.")
+    auth_failures_per_second: float = Field(
+        2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Requests per second per client address that fail authentication (no, unknown or "
+            "revoked API key) before that address gets 429 for them; 0: no limit."
+        ),
+    )
+    auth_failure_burst: int = Field(
+        30, ge=1, description="Failed-authentication requests a client address may send at once."
+    )
     quota_retry_after_s: int = Field(
         30, ge=1, description="Retry-After of a 429 for a full job queue (no slot time is known)."
     )

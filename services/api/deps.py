@@ -94,29 +94,50 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
     """Authenticate the bearer API key (401 if missing, unknown or revoked); count it (429)."""
-    if credentials is None:
-        raise unauthorized("missing bearer API key")
-    token = credentials.credentials
-    if len(token) > MAX_KEY_LENGTH or not token.isascii() or not token.isprintable():
-        raise unauthorized("invalid API key", "invalid_token")
     limiter: RateLimiter | None = request.app.state.rate_limiter
+    token = credentials.credentials if credentials is not None else None
+    digest = hash_key(token) if token is not None else None
+    address = request.client.host if request.client is not None else "unknown"
+    if limiter is not None:
+        limiter.check_address(address, digest)  # a flood of bad keys: 429 before any lookup
+    if token is None:
+        raise _failed(request, limiter, address, None, unauthorized("missing bearer API key"))
+    if len(token) > MAX_KEY_LENGTH or not token.isascii() or not token.isprintable():
+        raise _failed(
+            request, limiter, address, None, unauthorized("invalid API key", "invalid_token")
+        )
+    assert digest is not None
     limits: TenantLimits | None = None
-    digest = hash_key(token)
     if limiter is not None and (known := limiter.tenant_of(digest)) is not None:
         request.state.tenant_id = known
         limiter.check_empty(known)  # a flooding tenant's 429 before any lookup
     # a short session of its own: streaming uploads must not hold a connection for minutes
     with _sessions(request)() as session:
         key = authenticate(session, token)
-        if key is None:
-            raise unauthorized("invalid or revoked API key", "invalid_token")
-        principal = Principal(key_id=key.id, tenant_id=key.tenant_id)
-        if limiter is not None:
-            limits = tenant_limits(session, request.app.state.settings, principal.tenant_id)
+        if key is not None:
+            principal = Principal(key_id=key.id, tenant_id=key.tenant_id)
+            if limiter is not None:
+                limits = tenant_limits(session, request.app.state.settings, principal.tenant_id)
+    if key is None:
+        error = unauthorized("invalid or revoked API key", "invalid_token")
+        raise _failed(request, limiter, address, digest, error)
     request.state.tenant_id = principal.tenant_id
     if limiter is not None and limits is not None:
         limiter.check(principal.tenant_id, limits, digest)  # after the session: none held
     return principal
+
+
+def _failed(
+    request: Request, limiter: RateLimiter | None, address: str, digest: str | None,
+    error: ApiError,
+) -> ApiError:  # fmt: skip
+    """`error` (a 401), after counting the failure against the client address (429 when over)."""
+    if limiter is not None:
+        settings: Settings = request.app.state.settings
+        limiter.count_failure(
+            address, digest, settings.auth_failures_per_second, settings.auth_failure_burst
+        )
+    return error
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

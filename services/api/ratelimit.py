@@ -98,6 +98,10 @@ class RateLimiter:
     itself for a short window, before the API key is looked up, so a flood of refused
     requests costs neither database nor Redis work. (A key revoked meanwhile gets that 429
     rather than its 401 until the window ends.)
+
+    Requests that fail authentication are counted per client address instead (no tenant is
+    known): past that rate the address gets 429 for them. Valid keys sent from the same
+    address (a NAT, a proxy) are never refused for it.
     """
 
     def __init__(self, client: redis.Redis, fail_open_s: float = FAIL_OPEN_S) -> None:
@@ -106,7 +110,8 @@ class RateLimiter:
         self.fail_open_s = fail_open_s
         self._unchecked_until = 0.0  # monotonic time until which Redis is not asked
         self._tenant_of_key: dict[str, str] = {}  # digest -> tenant, of keys refused before
-        self._empty: dict[str, _Empty] = {}  # tenant -> its bucket's known-empty window
+        self._failed_keys: set[str] = set()  # digests of keys that failed authentication
+        self._empty: dict[str, _Empty] = {}  # bucket -> its known-empty window
 
     @classmethod
     def from_url(cls, url: str) -> RateLimiter | None:
@@ -124,22 +129,45 @@ class RateLimiter:
 
     def check_empty(self, tenant_id: str) -> None:
         """429 at once while this process knows the tenant's bucket to be empty."""
-        empty = self._empty.get(tenant_id)
-        if empty is None:
-            return
-        left = empty.until - time.monotonic()
-        if left <= 0:
-            self._empty.pop(tenant_id, None)
-            return
-        _refuse(empty.rate, empty.burst, max(1, math.ceil(left)))
+        self._check_window(tenant_id)
+
+    def check_address(self, address: str, digest: str | None) -> None:
+        """429 at once for a request without a key, or with one that failed before, while
+        this process knows the address to be over its failed-authentication rate."""
+        if digest is None or digest in self._failed_keys:
+            self._check_window(ADDRESS_BUCKET + address)
 
     def check(self, tenant_id: str, limits: TenantLimits, digest: str) -> None:
         """Count one request of the tenant; 429 `rate_limited` with `Retry-After` when over."""
         rate = limits.requests_per_second
-        if not rate or time.monotonic() < self._unchecked_until:
+        if not rate:
             return
+        draw = self._take(tenant_id, rate, limits.burst)
+        if draw is None or draw.allowed:
+            return
+        self._remember()
+        self._tenant_of_key[digest] = tenant_id
+        self._refuse_for(tenant_id, draw, _Empty(0.0, rate, limits.burst, TENANT))
+
+    def count_failure(self, address: str, digest: str | None, rate: float, burst: int) -> None:
+        """Count one request of `address` that failed authentication; 429 when over `rate`."""
+        self._remember()
+        if digest is not None:
+            self._failed_keys.add(digest)
+        if not rate:
+            return
+        bucket = ADDRESS_BUCKET + address
+        draw = self._take(bucket, rate, burst)
+        if draw is None or draw.allowed:
+            return
+        self._refuse_for(bucket, draw, _Empty(0.0, rate, burst, ADDRESS))
+
+    def _take(self, bucket: str, rate: float, burst: int) -> Draw | None:
+        """One token from `bucket`; None while Redis cannot be asked (requests pass)."""
+        if time.monotonic() < self._unchecked_until:
+            return None
         try:
-            draw = self.bucket.take(KEY_PREFIX + tenant_id, rate, limits.burst)
+            return self.bucket.take(KEY_PREFIX + bucket, rate, burst)
         except (redis.RedisError, OSError):
             # An outage of the limiter must not become an outage of the API.
             RATE_LIMITER_ERRORS.inc()
@@ -149,36 +177,66 @@ class RateLimiter:
                 self.fail_open_s,
                 exc_info=True,
             )
-            return
-        if draw.allowed:
-            return
-        for known in (self._tenant_of_key, self._empty):
-            if len(known) >= KNOWN_MAX:  # bounded memory; forgetting costs one Redis call
+            return None
+
+    def _remember(self) -> None:
+        """Bound what this process remembers; forgetting costs one Redis call or lookup."""
+        for known in (self._tenant_of_key, self._empty, self._failed_keys):
+            if len(known) >= KNOWN_MAX:
                 known.clear()
-        self._tenant_of_key[digest] = tenant_id
+
+    def _refuse_for(self, bucket: str, draw: Draw, limit: _Empty) -> NoReturn:
+        """Remember `bucket` as empty, then refuse the request."""
         # Refuse here for the Retry-After just given (a client honouring it waits that long
         # anyway), but never past the time the bucket takes to fill: tokens due meanwhile
-        # accumulate in Redis and are not lost to the tenant.
-        window = max(draw.wait_s, min(draw.retry_after, limits.burst / rate))
-        self._empty[tenant_id] = _Empty(time.monotonic() + window, rate, limits.burst)
-        _refuse(rate, limits.burst, draw.retry_after)
+        # accumulate in Redis and are not lost.
+        window = max(draw.wait_s, min(draw.retry_after, limit.burst / limit.rate))
+        self._empty[bucket] = _Empty(
+            time.monotonic() + window, limit.rate, limit.burst, limit.scope
+        )
+        _refuse(limit, draw.retry_after)
+
+    def _check_window(self, bucket: str) -> None:
+        empty = self._empty.get(bucket)
+        if empty is None:
+            return
+        left = empty.until - time.monotonic()
+        if left <= 0:
+            self._empty.pop(bucket, None)
+            return
+        _refuse(empty, max(1, math.ceil(left)))
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Whose requests a bucket counts, as a refusal names it and the metric counts it."""
+
+    name: str  # in the refusal's detail
+    reason: str  # the `reason` label of th_api_refused_requests_total
+    what: str  # which requests are counted
+
+
+TENANT = _Scope("this tenant", "rate_limit", "requests")
+ADDRESS = _Scope("this client address", "auth_failures", "requests without a valid API key")
+ADDRESS_BUCKET = "address:"  # tenant ids start `tn_`: no bucket name is shared
 
 
 @dataclass(frozen=True)
 class _Empty:
-    """A window in which a tenant's bucket cannot hold a token."""
+    """A window in which a bucket cannot hold a token, and the limit it enforces."""
 
     until: float  # monotonic
     rate: float
     burst: int
+    scope: _Scope
 
 
-def _refuse(rate: float, burst: int, retry_after: int) -> NoReturn:
-    REFUSED_REQUESTS.labels("rate_limit").inc()
+def _refuse(limit: _Empty, retry_after: int) -> NoReturn:
+    REFUSED_REQUESTS.labels(limit.scope.reason).inc()
     raise ApiError(
         429,
         "rate_limited",
-        f"more than {rate:g} requests a second (bursts of {burst}) for this tenant; "
-        f"retry in {retry_after} s",
+        f"more than {limit.rate:g} {limit.scope.what} a second (bursts of {limit.burst}) for "
+        f"{limit.scope.name}; retry in {retry_after} s",
         headers={"Retry-After": str(retry_after)},
     )

@@ -165,6 +165,37 @@ def test_retry_after_says_when_the_next_request_passes_and_redis_is_asked_once(
     assert waits == sorted(waits, reverse=True) and 1 <= waits[-1] <= retry_after
 
 
+def test_bad_keys_from_one_address_get_429_while_valid_keys_from_it_are_served(
+    make_client: AppFactory, database: str, broker: str
+) -> None:
+    # a token every 5 s: the refusals' windows outlast this test's few hundred milliseconds
+    client = make_client(auth_failures_per_second=0.2, auth_failure_burst=5)
+    redis.Redis.from_url(broker).delete("th:ratelimit:address:testclient")  # TestClient's peer
+    _, valid = new_tenant(database)
+    bad = {"Authorization": "Bearer th_not_a_key_of_anyone"}
+    before = refused("auth_failures")
+    statuses: Counter[int] = Counter()
+    started = time.monotonic()
+    for i in range(30):
+        answer = client.get("/v1/avatars", headers=bad if i % 2 else {})  # wrong key, or none
+        statuses[answer.status_code] += 1
+        if answer.status_code == 429:
+            assert "client address" in answer.json()["detail"]
+            assert_problem(answer, "rate_limited")
+        else:
+            assert answer.status_code == 401, answer.text
+        # the same address with a valid key: never refused for the failures beside it
+        assert client.get("/v1/avatars", headers=valid).status_code == 200
+    elapsed = time.monotonic() - started
+    assert statuses[401] + statuses[429] == 30
+    assert 5 <= statuses[401] <= 5 + 0.2 * elapsed + 1, (statuses, elapsed)  # burst, then rate
+    assert refused("auth_failures") - before == statuses[429] > 0
+    # while the address is over, a key that failed before is refused without Redis work
+    calls = script_calls(broker)
+    assert all(client.get("/v1/keys", headers=bad).status_code == 429 for _ in range(5))
+    assert script_calls(broker) == calls
+
+
 def test_the_client_waits_out_a_rate_limit_on_reads_but_not_on_writes(
     make_client: AppFactory, database: str
 ) -> None:
