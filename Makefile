@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-system lint format bench up down embedded clean
+.PHONY: setup demo test test-system lint format bench images up down embedded clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/system-deps.sh
@@ -39,6 +39,11 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/api_load.py
+
+# The CPU images (base, api, ingest, preprocess, trainer, renderer) from deploy/docker/;
+# PYTHON_IMAGE, TORCH_VERSION, WHEELHOUSE_URL... pass through (docs/deploy.md).
+images:
+	bash scripts/build-images.sh $(VERSION)
 
 # The distributed stack on this host with Docker Compose (docs/deploy.md; needs a .env, see
 # .env.example). `migrate` builds the shared base image every service image starts FROM.
