@@ -12,17 +12,18 @@ import pytest
 import redis
 import redis.exceptions
 from botocore.exceptions import EndpointConnectionError
+from sqlalchemy import update
 
 from services.runner import JobContext, run_step
 from shared.config import Settings
 from shared.db.migrate import upgrade
-from shared.db.models import Avatar, Job
+from shared.db.models import Job
 from shared.db.session import engine_for, session_scope
 from shared.jobs import StepResult
 from shared.outages import ServiceUnavailable
 from shared.queue import configure_celery
-from shared.tenants import create_tenant
 from tests.fixtures.servers import redis_server
+from tests.integration.test_db import make_avatar_job
 
 BUDGET_S = 0.5
 BACKOFF_S = 0.05
@@ -74,23 +75,11 @@ def harness(tmp_path: Path, broker_url: str) -> Iterator[Harness]:
 
 
 def queued_job(settings: Settings, attempts: int = 0) -> str:
-    """Commit a tenant, an avatar and its queued job (with `attempts` already spent)."""
+    """A tenant's queued avatar job (no callback) with `attempts` already spent."""
+    _, job_id = make_avatar_job(settings.database_url, callback=None)
     with session_scope(settings.database_url) as s:
-        tenant, _ = create_tenant(s, f"outage-{time.monotonic_ns()}")
-        avatar = Avatar(
-            tenant_id=tenant.id,
-            renderer="meanframe",
-            preset="cpu-quick",
-            consent=True,
-            consent_key_id="k",
-            source_key="x",
-        )
-        s.add(avatar)
-        s.flush()
-        job = Job(tenant_id=tenant.id, kind="avatar", resource_id=avatar.id, attempts=attempts)
-        s.add(job)
-        s.flush()
-        return job.id
+        s.execute(update(Job).where(Job.id == job_id).values(attempts=attempts))
+    return job_id
 
 
 def job_row(settings: Settings, job_id: str) -> Job:
